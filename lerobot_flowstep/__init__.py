@@ -1,0 +1,9 @@
+"""lerobot-flowstep: a CFM teacher distilled into a one-step IMLE student, as a LeRobot policy plugin.
+
+Importing this package registers the policy configs (`flowstep_teacher`), the point-cloud processor step
+(`flowstep_pointcloud`) and the env types (`flowstep_obstacle`) with LeRobot.
+"""
+
+from . import envs, policies, processor  # noqa: F401  (imported for their registrations)
+
+__version__ = "0.1.0"

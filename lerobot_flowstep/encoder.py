@@ -1,0 +1,218 @@
+"""The unified perception encoder shared by the teacher and the student.
+
+Any subset of these observation features becomes one conditioning vector per sample:
+- `observation.state` and `observation.environment_state`: concatenated as they are (already normalized);
+- `observation.images.*` (RGB): a ResNet-18-style CNN with GroupNorm and spatial-softmax keypoints, the
+  LeRobot diffusion-policy design; a smaller conv net is available for CPU work;
+- `observation.depth.*` (optional, `depth_as_image`): the same CNN design on one channel;
+- `observation.pointcloud` (N, 3) or (N, 6): a PointNet in the DP3 style (per-point MLP with LayerNorm,
+  max-pool), so point clouds are order invariant.
+Features of all `n_obs_steps` are concatenated and projected to `cond_dim`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from lerobot.configs import FeatureType, PolicyFeature
+from lerobot.policies.diffusion.modeling_diffusion import SpatialSoftmax
+from lerobot.utils.constants import OBS_ENV_STATE, OBS_STATE
+from torch import Tensor, nn
+
+from .constants import OBS_POINTCLOUD, is_depth_key
+
+VISION_BACKBONES = ("resnet18", "conv")
+
+
+@dataclass
+class EncoderConfig:
+    """Which modalities the encoder uses and how big it is. Defaults train on a CPU."""
+
+    vision_backbone: str = "resnet18"
+    # Local path to a torchvision ResNet-18 state dict; nothing is ever downloaded.
+    pretrained_backbone_path: str | None = None
+    spatial_softmax_num_keypoints: int = 32
+    use_separate_rgb_encoder_per_camera: bool = False
+    # Feed depth maps to a CNN as images. Off by default: depth usually reaches the encoder as a point
+    # cloud through the point-cloud processor step.
+    depth_as_image: bool = False
+    pointnet_hidden_dims: tuple[int, ...] = (64, 128, 256)
+    pointnet_out_dim: int = 128
+    cond_dim: int = 256
+
+    def __post_init__(self) -> None:
+        if self.vision_backbone not in VISION_BACKBONES:
+            raise ValueError(
+                f"encoder.vision_backbone must be one of {VISION_BACKBONES}, got '{self.vision_backbone}'."
+            )
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups=max(1, channels // 16), num_channels=channels)
+
+
+def _make_backbone(name: str, in_channels: int, pretrained_path: str | None) -> nn.Module:
+    if name == "resnet18":
+        # GroupNorm instead of BatchNorm: batch statistics are unreliable with small, correlated batches.
+        resnet = torchvision.models.resnet18(weights=None, norm_layer=_group_norm)
+        if pretrained_path is not None:
+            state = torch.load(Path(pretrained_path), map_location="cpu", weights_only=True)
+            # Pretrained BatchNorm statistics have no GroupNorm counterpart; conv weights transfer.
+            conv_state = {k: v for k, v in state.items() if not k.startswith(("bn", "fc")) and ".bn" not in k}
+            conv_state = {k: v for k, v in conv_state.items() if "downsample.1" not in k}
+            resnet.load_state_dict(conv_state, strict=False)
+        if in_channels != 3:
+            resnet.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        return nn.Sequential(*list(resnet.children())[:-2])
+    if pretrained_path is not None:
+        raise ValueError("encoder.pretrained_backbone_path is only supported with vision_backbone='resnet18'.")
+    layers: list[nn.Module] = []
+    channels = [in_channels, 32, 64, 64, 128]
+    for c_in, c_out in zip(channels[:-1], channels[1:], strict=True):
+        layers += [nn.Conv2d(c_in, c_out, 3, stride=2 if c_in != in_channels else 1, padding=1)]
+        layers += [_group_norm(c_out), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+class ImageEncoder(nn.Module):
+    """CNN + spatial-softmax keypoints: (B, C, H, W) -> (B, 2 * num_keypoints)."""
+
+    def __init__(self, cfg: EncoderConfig, image_shape: tuple[int, ...]):
+        super().__init__()
+        self.backbone = _make_backbone(cfg.vision_backbone, image_shape[0], cfg.pretrained_backbone_path)
+        with torch.no_grad():
+            feature_shape = self.backbone(torch.zeros(1, *image_shape)).shape[1:]
+        self.pool = SpatialSoftmax(feature_shape, num_kp=cfg.spatial_softmax_num_keypoints)
+        self.feature_dim = 2 * cfg.spatial_softmax_num_keypoints
+        self.out = nn.Sequential(nn.Linear(self.feature_dim, self.feature_dim), nn.ReLU())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(torch.flatten(self.pool(self.backbone(x)), start_dim=1))
+
+
+class PointNetEncoder(nn.Module):
+    """DP3-style PointNet: per-point MLP with LayerNorm, max-pool over points, projection."""
+
+    def __init__(self, in_dim: int, hidden_dims: tuple[int, ...], out_dim: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for h_in, h_out in zip((in_dim, *hidden_dims[:-1]), hidden_dims, strict=True):
+            layers += [nn.Linear(h_in, h_out), nn.LayerNorm(h_out), nn.ReLU()]
+        self.mlp = nn.Sequential(*layers)
+        self.out = nn.Sequential(nn.Linear(hidden_dims[-1], out_dim), nn.LayerNorm(out_dim))
+        self.feature_dim = out_dim
+
+    def forward(self, points: Tensor) -> Tensor:
+        return self.out(self.mlp(points).max(dim=-2).values)
+
+
+def select_encoder_features(
+    cfg: EncoderConfig, input_features: dict[str, PolicyFeature]
+) -> dict[str, dict[str, PolicyFeature]]:
+    """Split the input features into the modalities the encoder consumes; everything else is ignored."""
+    groups: dict[str, dict[str, PolicyFeature]] = {"vector": {}, "rgb": {}, "depth": {}, "pointcloud": {}}
+    for key, ft in input_features.items():
+        if ft.type is FeatureType.VISUAL:
+            groups["rgb"][key] = ft
+        elif key in (OBS_STATE, OBS_ENV_STATE) or ft.type is FeatureType.ENV:
+            groups["vector"][key] = ft
+        elif key == OBS_POINTCLOUD:
+            groups["pointcloud"][key] = ft
+        elif is_depth_key(key) and cfg.depth_as_image:
+            groups["depth"][key] = ft
+    return groups
+
+
+def check_encoder_inputs(cfg: EncoderConfig, input_features: dict[str, PolicyFeature]) -> None:
+    """Raise before any training step when the encoder would have nothing to look at."""
+    groups = select_encoder_features(cfg, input_features)
+    if not any(groups.values()):
+        raise ValueError(
+            "The policy's input features hold no modality the encoder can use. It needs at least one of "
+            f"'{OBS_STATE}', '{OBS_ENV_STATE}', 'observation.images.*', '{OBS_POINTCLOUD}' (made by the "
+            "point-cloud processor step from depth), or 'observation.depth.*' with encoder.depth_as_image="
+            f"true. Got: {sorted(input_features) or 'no input features'}."
+        )
+    for key, ft in groups["rgb"].items():
+        if len(ft.shape) != 3:
+            raise ValueError(f"Image feature '{key}' must have shape (C, H, W), got {ft.shape}.")
+    for key, ft in groups["pointcloud"].items():
+        if len(ft.shape) != 2 or ft.shape[-1] not in (3, 6):
+            raise ValueError(f"Point-cloud feature '{key}' must have shape (N, 3) or (N, 6), got {ft.shape}.")
+
+
+class UnifiedObservationEncoder(nn.Module):
+    """Encodes a batch whose features have shape (B, n_obs_steps, ...) into (B, cond_dim)."""
+
+    def __init__(self, cfg: EncoderConfig, input_features: dict[str, PolicyFeature], n_obs_steps: int):
+        super().__init__()
+        check_encoder_inputs(cfg, input_features)
+        groups = select_encoder_features(cfg, input_features)
+        self.vector_keys = sorted(groups["vector"])
+        self.rgb_keys = sorted(groups["rgb"])
+        self.depth_keys = sorted(groups["depth"])
+        self.pointcloud_keys = sorted(groups["pointcloud"])
+        self.n_obs_steps = n_obs_steps
+
+        step_dim = sum(groups["vector"][k].shape[0] for k in self.vector_keys)
+        self.rgb_encoders = nn.ModuleDict()
+        if self.rgb_keys:
+            shape = tuple(groups["rgb"][self.rgb_keys[0]].shape)
+            mismatched = [k for k in self.rgb_keys if tuple(groups["rgb"][k].shape) != shape]
+            shared = not cfg.use_separate_rgb_encoder_per_camera
+            if shared and mismatched:
+                raise ValueError(
+                    f"Cameras {mismatched} differ in shape from '{self.rgb_keys[0]}' {shape}; set "
+                    "encoder.use_separate_rgb_encoder_per_camera=true to encode them separately."
+                )
+            for key in self.rgb_keys:
+                name = "shared" if shared else _module_name(key)
+                if name not in self.rgb_encoders:
+                    self.rgb_encoders[name] = ImageEncoder(cfg, tuple(groups["rgb"][key].shape))
+                step_dim += self.rgb_encoders[name].feature_dim
+        self.depth_encoders = nn.ModuleDict()
+        for key in self.depth_keys:
+            self.depth_encoders[_module_name(key)] = ImageEncoder(cfg, tuple(groups["depth"][key].shape))
+            step_dim += self.depth_encoders[_module_name(key)].feature_dim
+        self.pointnets = nn.ModuleDict()
+        for key in self.pointcloud_keys:
+            in_dim = groups["pointcloud"][key].shape[-1]
+            self.pointnets[_module_name(key)] = PointNetEncoder(in_dim, cfg.pointnet_hidden_dims, cfg.pointnet_out_dim)
+            step_dim += cfg.pointnet_out_dim
+        self.step_dim = step_dim
+        self.fuse = nn.Sequential(nn.Linear(step_dim * n_obs_steps, cfg.cond_dim), nn.Mish())
+        self.cond_dim = cfg.cond_dim
+        self._shared_rgb = "shared" in self.rgb_encoders
+
+    @property
+    def input_keys(self) -> list[str]:
+        return self.vector_keys + self.rgb_keys + self.depth_keys + self.pointcloud_keys
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        missing = [k for k in self.input_keys if k not in batch]
+        if missing:
+            raise KeyError(f"The encoder needs observation keys {missing}, absent from the batch.")
+        reference = batch[self.input_keys[0]]
+        b, s = reference.shape[:2]
+        parts = [batch[k] for k in self.vector_keys]
+        for key in self.rgb_keys:
+            encoder = self.rgb_encoders["shared" if self._shared_rgb else _module_name(key)]
+            parts.append(_per_step(encoder, batch[key], b, s))
+        for key in self.depth_keys:
+            depth = torch.nan_to_num(batch[key], nan=0.0, posinf=0.0, neginf=0.0)
+            parts.append(_per_step(self.depth_encoders[_module_name(key)], depth, b, s))
+        for key in self.pointcloud_keys:
+            parts.append(_per_step(self.pointnets[_module_name(key)], batch[key], b, s))
+        return self.fuse(torch.cat(parts, dim=-1).flatten(start_dim=1))
+
+
+def _per_step(module: nn.Module, x: Tensor, b: int, s: int) -> Tensor:
+    return module(x.flatten(0, 1)).reshape(b, s, -1)
+
+
+def _module_name(key: str) -> str:
+    # nn.ModuleDict keys cannot contain dots.
+    return key.replace(".", "__")

@@ -1,0 +1,105 @@
+"""Chunk networks: f(x, t | cond) -> (B, horizon, action_dim).
+
+The teacher uses it as the CFM velocity field; the student uses the very same architecture as a one-step
+generator from a latent (`lerobot_flowstep.policies.imle_student`), which lets it start from the
+teacher's weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import torch
+from lerobot.configs import FeatureType, PolicyFeature
+from lerobot.policies.diffusion.modeling_diffusion import (
+    DiffusionConditionalUnet1d,
+    DiffusionSinusoidalPosEmb,
+)
+from torch import Tensor, nn
+
+NETWORKS = ("mlp", "unet")
+# Sinusoidal embeddings are tuned for integer diffusion timesteps; flow time in [0, 1] is stretched to match.
+TIME_SCALE = 1000.0
+
+
+@dataclass
+class NetworkConfig:
+    """`mlp`: residual MLP over the flattened chunk with FiLM conditioning (fast on CPU).
+    `unet`: LeRobot's diffusion-policy 1-D temporal U-Net."""
+
+    type: str = "mlp"
+    hidden_dim: int = 512
+    num_blocks: int = 4
+    time_embed_dim: int = 128
+    down_dims: tuple[int, ...] = (128, 256, 512)
+    kernel_size: int = 5
+    n_groups: int = 8
+    use_film_scale_modulation: bool = True
+
+    def __post_init__(self) -> None:
+        if self.type not in NETWORKS:
+            raise ValueError(f"network.type must be one of {NETWORKS}, got '{self.type}'.")
+
+
+class _FiLMBlock(nn.Module):
+    def __init__(self, dim: int, cond_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False)
+        self.film = nn.Linear(cond_dim, 2 * dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.Mish(), nn.Linear(dim, dim))
+
+    def forward(self, h: Tensor, cond: Tensor) -> Tensor:
+        scale, shift = self.film(cond).chunk(2, dim=-1)
+        return h + self.mlp(self.norm(h) * (1 + scale) + shift)
+
+
+class ChunkMLP(nn.Module):
+    def __init__(self, cfg: NetworkConfig, horizon: int, action_dim: int, cond_dim: int):
+        super().__init__()
+        self.horizon, self.action_dim = horizon, action_dim
+        self.time_embed = nn.Sequential(
+            DiffusionSinusoidalPosEmb(cfg.time_embed_dim),
+            nn.Linear(cfg.time_embed_dim, cfg.time_embed_dim),
+            nn.Mish(),
+        )
+        film_dim = cfg.time_embed_dim + cond_dim
+        self.inp = nn.Linear(horizon * action_dim, cfg.hidden_dim)
+        self.blocks = nn.ModuleList(_FiLMBlock(cfg.hidden_dim, film_dim) for _ in range(cfg.num_blocks))
+        self.out = nn.Sequential(nn.LayerNorm(cfg.hidden_dim), nn.Linear(cfg.hidden_dim, horizon * action_dim))
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        film = torch.cat([self.time_embed(t * TIME_SCALE), cond], dim=-1)
+        h = self.inp(x.flatten(1))
+        for block in self.blocks:
+            h = block(h, film)
+        return self.out(h).reshape(-1, self.horizon, self.action_dim)
+
+
+class ChunkUnet(nn.Module):
+    def __init__(self, cfg: NetworkConfig, horizon: int, action_dim: int, cond_dim: int):
+        super().__init__()
+        factor = 2 ** (len(cfg.down_dims) - 1)
+        if horizon % factor:
+            raise ValueError(
+                f"network.type='unet' with down_dims={cfg.down_dims} needs horizon divisible by {factor}, "
+                f"got horizon={horizon}."
+            )
+        unet_cfg = SimpleNamespace(
+            action_feature=PolicyFeature(type=FeatureType.ACTION, shape=(action_dim,)),
+            diffusion_step_embed_dim=cfg.time_embed_dim,
+            down_dims=cfg.down_dims,
+            kernel_size=cfg.kernel_size,
+            n_groups=cfg.n_groups,
+            use_film_scale_modulation=cfg.use_film_scale_modulation,
+            gradient_checkpointing=False,
+        )
+        self.unet = DiffusionConditionalUnet1d(unet_cfg, global_cond_dim=cond_dim)
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        return self.unet(x, t * TIME_SCALE, global_cond=cond)
+
+
+def make_chunk_network(cfg: NetworkConfig, horizon: int, action_dim: int, cond_dim: int) -> nn.Module:
+    cls = ChunkMLP if cfg.type == "mlp" else ChunkUnet
+    return cls(cfg, horizon, action_dim, cond_dim)

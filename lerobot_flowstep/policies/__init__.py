@@ -1,0 +1,3 @@
+from .flowstep_teacher import FlowstepTeacherConfig
+
+__all__ = ["FlowstepTeacherConfig"]

@@ -1,0 +1,3 @@
+from .configuration_flowstep_teacher import FlowstepTeacherConfig
+
+__all__ = ["FlowstepTeacherConfig"]

@@ -1,0 +1,35 @@
+"""Configuration of the Conditional Flow Matching teacher."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lerobot.configs import PreTrainedConfig
+
+from ...flow_matching import SOLVERS, TIME_SAMPLINGS
+from ..config_base import FlowstepBaseConfig
+
+
+@PreTrainedConfig.register_subclass("flowstep_teacher")
+@dataclass
+class FlowstepTeacherConfig(FlowstepBaseConfig):
+    """CFM teacher: a velocity network on normalized action chunks, sampled by ODE integration.
+
+    Args:
+    num_inference_steps: ODE steps per chunk at inference (1 gives the naive one-step CFM baseline).
+    ode_solver: "euler" (1 network call per step), "midpoint" or "heun" (second order, 2 calls per step).
+    time_sampling: distribution of flow times during training, "uniform" or "logit_normal".
+    """
+
+    num_inference_steps: int = 10
+    ode_solver: str = "euler"
+    time_sampling: str = "uniform"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.ode_solver not in SOLVERS:
+            raise ValueError(f"ode_solver must be one of {SOLVERS}, got '{self.ode_solver}'.")
+        if self.time_sampling not in TIME_SAMPLINGS:
+            raise ValueError(f"time_sampling must be one of {TIME_SAMPLINGS}, got '{self.time_sampling}'.")
+        if self.num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}.")

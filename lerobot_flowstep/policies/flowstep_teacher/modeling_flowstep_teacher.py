@@ -1,0 +1,43 @@
+"""The Conditional Flow Matching teacher policy."""
+
+from __future__ import annotations
+
+from lerobot.utils.constants import ACTION
+from torch import Tensor
+
+from ...flow_matching import cfm_loss, integrate, sample_time
+from ...networks import make_chunk_network
+from ..policy_base import FlowstepBasePolicy
+from .configuration_flowstep_teacher import FlowstepTeacherConfig
+
+
+class FlowstepTeacherPolicy(FlowstepBasePolicy):
+    """Multi-modal action chunks by integrating a learned velocity field from N(0, I) (t = 0) to the
+    action distribution (t = 1), conditioned on the unified encoder's output."""
+
+    config_class = FlowstepTeacherConfig
+    name = "flowstep_teacher"
+
+    def __init__(self, config: FlowstepTeacherConfig, **kwargs):
+        super().__init__(config, **kwargs)
+        self.velocity = make_chunk_network(config.network, config.horizon, config.action_dim, self.encoder.cond_dim)
+
+    def get_optim_params(self):
+        return self.parameters()
+
+    def generate(self, cond: Tensor, noise: Tensor, num_steps: int | None = None, solver: str | None = None) -> Tensor:
+        return integrate(
+            lambda x, t: self.velocity(x, t, cond),
+            noise,
+            num_steps or self.config.num_inference_steps,
+            solver or self.config.ode_solver,
+        )
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
+        actions = batch[ACTION]
+        cond = self.encode(batch)
+        t = sample_time(actions.shape[0], actions.device, self.config.time_sampling)
+        noise = self.sample_noise(actions.shape[0], actions.device).to(actions.dtype)
+        mask = ~batch["action_is_pad"] if "action_is_pad" in batch else None
+        loss = cfm_loss(lambda x, tt: self.velocity(x, tt, cond), actions, t, noise, mask)
+        return loss, {"cfm_loss": loss.item()}

@@ -1,0 +1,135 @@
+"""What the flowstep policies share: observation history, receding-horizon action queues, the encoder,
+batched multi-sample generation and a checkpoint-compatibility check.
+
+A policy subclass implements `generate(cond, noise)` (one chunk per row, normalized action space) and
+`forward(batch)` (its training loss).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections import deque
+
+import torch
+from lerobot.policies.pretrained import PreTrainedPolicy
+from lerobot.policies.utils import populate_queues
+from lerobot.utils.constants import ACTION
+from safetensors import safe_open
+from torch import Tensor
+
+from ..encoder import UnifiedObservationEncoder
+from .config_base import FlowstepBaseConfig
+
+
+class FlowstepBasePolicy(PreTrainedPolicy):
+    config_class = FlowstepBaseConfig
+    name = "flowstep_base"
+
+    def __init__(self, config: FlowstepBaseConfig, **kwargs):
+        super().__init__(config)
+        config.validate_features()
+        self.config = config
+        self.encoder = UnifiedObservationEncoder(config.encoder, config.input_features, config.n_obs_steps)
+        self._queues: dict[str, deque] = {}
+        self.reset()
+
+    # --- observation handling -------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Clear the observation history and the queued actions; call on env.reset()."""
+        n = self.config.n_obs_steps
+        self._queues = {key: deque(maxlen=n) for key in self.encoder.input_keys}
+        self._queues[ACTION] = deque(maxlen=self.config.n_action_steps)
+
+    def _observation_history(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """(B, n_obs_steps, ...) tensors for the encoder, from the queues when filled by select_action,
+        else from the batch itself (a dataloader batch already has the time dimension)."""
+        keys = self.encoder.input_keys
+        if all(len(self._queues[k]) > 0 for k in keys):
+            return {k: torch.stack(list(self._queues[k]), dim=1) for k in keys}
+        history = {}
+        for k in keys:
+            x = batch[k]
+            expected = len(self.config.input_features[k].shape) + 2
+            history[k] = (
+                x.unsqueeze(1).expand(x.shape[0], self.config.n_obs_steps, *x.shape[1:])
+                if (x.ndim == expected - 1)
+                else x
+            )
+        return history
+
+    def encode(self, batch: dict[str, Tensor]) -> Tensor:
+        return self.encoder(self._observation_history(batch))
+
+    # --- generation -----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def generate(self, cond: Tensor, noise: Tensor) -> Tensor:
+        """Chunks (N, horizon, action_dim) in normalized action space from conditions (N, C) and noise."""
+
+    def sample_noise(self, n: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
+        shape = (n, self.config.horizon, self.config.action_dim)
+        return torch.randn(shape, device=device, generator=generator)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        batch: dict[str, Tensor],
+        num_samples: int = 1,
+        generator: torch.Generator | None = None,
+        cond: Tensor | None = None,
+    ) -> Tensor:
+        """`num_samples` chunks per observation in one batched call: (B, num_samples, horizon, action_dim),
+        in normalized action space. The observation is encoded once and shared by its samples."""
+        if cond is None:
+            cond = self.encode(batch)
+        b = cond.shape[0]
+        cond = cond.repeat_interleave(num_samples, dim=0)
+        noise = self.sample_noise(b * num_samples, cond.device, generator).to(cond.dtype)
+        return self.generate(cond, noise).reshape(b, num_samples, self.config.horizon, -1)
+
+    @torch.no_grad()
+    def predict_action_chunk(self, batch: dict[str, Tensor], noise: Tensor | None = None) -> Tensor:
+        """The whole predicted chunk (B, horizon, action_dim), starting at the oldest observation."""
+        cond = self.encode(batch)
+        if noise is None:
+            noise = self.sample_noise(cond.shape[0], cond.device).to(cond.dtype)
+        return self.generate(cond, noise)
+
+    @torch.no_grad()
+    def select_action(self, batch: dict[str, Tensor], noise: Tensor | None = None) -> Tensor:
+        """One action per env; re-plans once the `n_action_steps` queued actions are spent."""
+        self._queues = populate_queues(self._queues, batch)
+        if len(self._queues[ACTION]) == 0:
+            chunk = self.predict_action_chunk(batch, noise=noise)
+            start = self.config.n_obs_steps - 1
+            self._queues[ACTION].extend(chunk[:, start : start + self.config.n_action_steps].transpose(0, 1))
+        return self._queues[ACTION].popleft()
+
+    # --- checkpoints ----------------------------------------------------------------------------
+
+    @classmethod
+    def _load_as_safetensor(cls, model, model_file: str, map_location: str, strict: bool):
+        check_checkpoint_shapes(model, model_file)
+        return super()._load_as_safetensor(model, model_file, map_location, strict)
+
+
+def check_checkpoint_shapes(model: torch.nn.Module, model_file: str) -> None:
+    """Name the features at fault when a checkpoint does not fit the policy built from the current data,
+    instead of letting torch report a bare size mismatch."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    mismatched = []
+    with safe_open(model_file, framework="pt") as f:
+        for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
+            shape = tuple(f.get_slice(key).get_shape())
+            if key in expected and expected[key] != shape:
+                mismatched.append(f"{key}: checkpoint {shape} vs policy {expected[key]}")
+    if mismatched:
+        cfg = model.config
+        raise ValueError(
+            f"The checkpoint {model_file} does not fit a policy built for action '{ACTION}' of shape "
+            f"{cfg.action_feature.shape if cfg.action_feature else None}, horizon {cfg.horizon} and inputs "
+            f"{ {k: tuple(v.shape) for k, v in cfg.input_features.items()} }. Was it trained on data with "
+            "another action dimension or other observation features? Mismatched weights:\n  "
+            + "\n  ".join(mismatched[:10])
+        )

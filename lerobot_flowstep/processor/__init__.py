@@ -1,0 +1,3 @@
+from .pointcloud import PointCloudConfig, PointCloudProcessorStep
+
+__all__ = ["PointCloudConfig", "PointCloudProcessorStep"]

@@ -1,0 +1,132 @@
+"""Point-cloud processor step: depth maps + camera parameters -> one world-frame point cloud.
+
+It sits in the policy preprocessor before normalization (the geometry needs metric depth), is saved in
+`policy_preprocessor.json` under the registry name `flowstep_pointcloud`, and is rebuilt from there by
+`from_pretrained` and `lerobot-eval` once `lerobot_flowstep` is imported (LeRobot's plugin discovery does
+that). Camera parameters come per frame from the observation (a wrist camera moves) or, for cameras
+listed in `fixed_cameras`, from the step's own config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from lerobot.configs import FeatureType, PipelineFeatureType, PolicyFeature
+from lerobot.processor import ObservationProcessorStep, ProcessorStepRegistry
+from torch import Tensor
+
+from ..constants import OBS_POINTCLOUD, depth_key, extrinsics_key, intrinsics_key, rgb_key
+from ..geometry import fuse_pointcloud
+
+REGISTRY_NAME = "flowstep_pointcloud"
+
+
+@dataclass
+class PointCloudConfig:
+    """Which cameras to fuse into `observation.pointcloud` and how; `cameras=[]` disables the step.
+
+    Attributes:
+        cameras: camera names; depth is read from `observation.depth.<cam>`.
+        num_points: size of the farthest-point-sampled cloud.
+        use_rgb: append the colour of `observation.images.<cam>` (in [0, 1]) to every point.
+        bounds_low, bounds_high: workspace box (world frame); points outside are dropped before sampling.
+        fixed_cameras: {cam: {"intrinsics": 3x3, "extrinsics": 4x4 camera-to-world}} for static cameras
+            whose parameters are not in the observation.
+    """
+
+    cameras: list[str] = field(default_factory=list)
+    num_points: int = 512
+    use_rgb: bool = False
+    bounds_low: list[float] | None = None
+    bounds_high: list[float] | None = None
+    fixed_cameras: dict[str, dict[str, list[list[float]]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.num_points < 1:
+            raise ValueError(f"pointcloud.num_points must be >= 1, got {self.num_points}.")
+        if (self.bounds_low is None) != (self.bounds_high is None):
+            raise ValueError("Give both pointcloud.bounds_low and pointcloud.bounds_high, or neither.")
+        for name, bound in (("bounds_low", self.bounds_low), ("bounds_high", self.bounds_high)):
+            if bound is not None and len(bound) != 3:
+                raise ValueError(f"pointcloud.{name} must hold 3 numbers (x, y, z), got {bound}.")
+        for cam, params in self.fixed_cameras.items():
+            for name, shape in (("intrinsics", (3, 3)), ("extrinsics", (4, 4))):
+                if name not in params or tuple(torch.as_tensor(params[name]).shape) != shape:
+                    raise ValueError(f"pointcloud.fixed_cameras['{cam}'] needs '{name}' of shape {shape}.")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cameras)
+
+    @property
+    def feature(self) -> PolicyFeature:
+        return PolicyFeature(type=FeatureType.STATE, shape=(self.num_points, 6 if self.use_rgb else 3))
+
+
+@ProcessorStepRegistry.register(name=REGISTRY_NAME)
+@dataclass
+class PointCloudProcessorStep(PointCloudConfig, ObservationProcessorStep):
+    """Fuse the depth maps of `cameras` into `observation.pointcloud` (..., num_points, 3 or 6)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.cameras:
+            raise ValueError("PointCloudProcessorStep needs at least one camera in `cameras`.")
+
+    def _camera_parameters(self, observation: dict[str, Any], camera: str, leading: torch.Size, like: Tensor):
+        params = []
+        for key, name in ((intrinsics_key(camera), "intrinsics"), (extrinsics_key(camera), "extrinsics")):
+            if key in observation:
+                params.append(torch.as_tensor(observation[key], device=like.device, dtype=like.dtype))
+            elif camera in self.fixed_cameras:
+                fixed = torch.as_tensor(self.fixed_cameras[camera][name], device=like.device, dtype=like.dtype)
+                params.append(fixed.expand(*leading, *fixed.shape))
+            else:
+                raise ValueError(
+                    f"PointCloudProcessorStep: no camera parameters for '{depth_key(camera)}': the observation "
+                    f"has no '{key}' and fixed_cameras has no entry for camera '{camera}'."
+                )
+        return params
+
+    def observation(self, observation: dict[str, Any]) -> dict[str, Any]:
+        depths, intrinsics, extrinsics, colors = [], [], [], []
+        for camera in self.cameras:
+            key = depth_key(camera)
+            if key not in observation:
+                raise KeyError(
+                    f"PointCloudProcessorStep: '{key}' is missing from the observation "
+                    f"(available: {sorted(k for k in observation if k.startswith('observation.'))})."
+                )
+            depth = torch.as_tensor(observation[key]).float()
+            if depth.ndim < 3 or depth.shape[-3] != 1:
+                raise ValueError(f"'{key}' must have shape (..., 1, H, W), got {tuple(depth.shape)}.")
+            k, t = self._camera_parameters(observation, camera, depth.shape[:-3], depth)
+            depths.append(depth)
+            intrinsics.append(k)
+            extrinsics.append(t)
+            if self.use_rgb:
+                if rgb_key(camera) not in observation:
+                    raise KeyError(f"PointCloudProcessorStep(use_rgb=True): '{rgb_key(camera)}' is missing.")
+                colors.append(torch.as_tensor(observation[rgb_key(camera)]).to(depth))
+        observation[OBS_POINTCLOUD] = fuse_pointcloud(
+            depths,
+            intrinsics,
+            extrinsics,
+            num_points=self.num_points,
+            bounds_low=self.bounds_low,
+            bounds_high=self.bounds_high,
+            colors=colors if self.use_rgb else None,
+        )
+        return observation
+
+    def get_config(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def transform_features(
+        self, features: dict[PipelineFeatureType, dict[str, PolicyFeature]]
+    ) -> dict[PipelineFeatureType, dict[str, PolicyFeature]]:
+        observation = dict(features.get(PipelineFeatureType.OBSERVATION, {}))
+        observation[OBS_POINTCLOUD] = self.feature
+        return {**features, PipelineFeatureType.OBSERVATION: observation}

@@ -1,0 +1,1 @@
+import lerobot_flowstep  # noqa: F401
