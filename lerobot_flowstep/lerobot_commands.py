@@ -1,0 +1,78 @@
+"""Run LeRobot's own `lerobot-train` / `lerobot-eval` as subprocesses, offline, with a progress bar.
+
+The demo and the benchmarks go through the very commands a user types, so what they measure is what a
+user gets. Output goes to a log file; a failing command raises with the log's tail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections import deque
+from pathlib import Path
+
+from tqdm import tqdm
+
+_STEP = re.compile(r"step:(\d+(?:\.\d+)?)([KMB]?)\b")
+_SUFFIX = {"": 1, "K": 1_000, "M": 1_000_000, "B": 1_000_000_000}
+
+
+def offline_env() -> dict[str, str]:
+    """The environment for LeRobot subprocesses: no Hub access, no W&B, no accidental GPU grab on CI."""
+    env = dict(os.environ)
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("HF_DATASETS_OFFLINE", "1")
+    env.setdefault("WANDB_MODE", "disabled")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def _run(module: str, args: list[str], log_path: Path, total_steps: int | None, desc: str) -> None:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", module, *args]
+    tail: deque[str] = deque(maxlen=40)
+    with (
+        open(log_path, "w") as log,
+        tqdm(total=total_steps, desc=desc, unit="step", disable=total_steps is None) as bar,
+    ):
+        log.write("$ " + " ".join(cmd) + "\n")
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=offline_env(), bufsize=1
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            tail.append(line)
+            match = _STEP.search(line)
+            if match and total_steps is not None:
+                step = int(float(match.group(1)) * _SUFFIX[match.group(2)])
+                bar.update(max(0, min(step, total_steps) - bar.n))
+        code = proc.wait()
+        if code == 0 and total_steps is not None:
+            bar.update(total_steps - bar.n)
+    if code != 0:
+        raise RuntimeError(
+            f"{module} exited with code {code}; full log in {log_path}. Last lines:\n" + "".join(tail)
+        )
+
+
+def lerobot_train(args: list[str], log_path: Path, total_steps: int | None = None, desc: str = "train") -> None:
+    _run("lerobot.scripts.lerobot_train", args, log_path, total_steps, desc)
+
+
+def lerobot_eval(args: list[str], output_dir: Path, log_path: Path, desc: str = "eval") -> dict:
+    """Run `lerobot-eval` and return its `eval_info.json`."""
+    _run("lerobot.scripts.lerobot_eval", [*args, f"--output_dir={output_dir}"], log_path, None, desc)
+    with open(output_dir / "eval_info.json") as f:
+        return json.load(f)
+
+
+def last_checkpoint(train_output_dir: Path) -> Path:
+    """The `pretrained_model` folder of the last checkpoint `lerobot-train` wrote."""
+    path = train_output_dir / "checkpoints" / "last" / "pretrained_model"
+    if not path.is_dir():
+        raise FileNotFoundError(f"No checkpoint at {path}; did lerobot-train finish?")
+    return path

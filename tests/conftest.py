@@ -1,0 +1,39 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from lerobot.configs import FeatureType, PolicyFeature
+
+# Nothing in the suite may reach the Hugging Face Hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared, or skip the test with the reason when it is absent (a user's clone)."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent: the shared data sets are only beside the repository in CI")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _small_torch():
+    torch.set_num_threads(2)
+
+
+def camera_features(size: int = 16, camera: str = "top") -> dict[str, PolicyFeature]:
+    return {
+        "observation.state": PolicyFeature(FeatureType.STATE, (2,)),
+        f"observation.images.{camera}": PolicyFeature(FeatureType.VISUAL, (3, size, size)),
+        f"observation.depth.{camera}": PolicyFeature(FeatureType.STATE, (1, size, size)),
+        f"observation.camera.{camera}.intrinsics": PolicyFeature(FeatureType.STATE, (3, 3)),
+        f"observation.camera.{camera}.extrinsics": PolicyFeature(FeatureType.STATE, (4, 4)),
+    }
+
+
+ACTION_FEATURES = {"action": PolicyFeature(FeatureType.ACTION, (2,))}

@@ -1,0 +1,153 @@
+"""The teacher policy in process: loss, sampling, receding horizon, save/load and bad input."""
+
+import json
+
+import pytest
+import torch
+from conftest import ACTION_FEATURES, camera_features
+from lerobot.configs import FeatureType, PolicyFeature
+from lerobot.policies.factory import get_policy_class, make_pre_post_processors
+
+from lerobot_flowstep.policies.flowstep_teacher.configuration_flowstep_teacher import FlowstepTeacherConfig
+from lerobot_flowstep.policies.flowstep_teacher.modeling_flowstep_teacher import FlowstepTeacherPolicy
+
+SIZE = 16
+K = [[12.0, 0.0, 7.5], [0.0, 12.0, 7.5], [0.0, 0.0, 1.0]]
+
+
+def _config(**kwargs) -> FlowstepTeacherConfig:
+    cfg = FlowstepTeacherConfig(
+        device="cpu",
+        input_features=camera_features(SIZE),
+        output_features=dict(ACTION_FEATURES),
+        horizon=8,
+        n_action_steps=4,
+        **kwargs,
+    )
+    cfg.encoder.vision_backbone = "conv"
+    cfg.network.hidden_dim = 64
+    cfg.network.num_blocks = 2
+    cfg.pointcloud.cameras = ["top"]
+    cfg.pointcloud.num_points = 32
+    return cfg
+
+
+def _stats():
+    return {
+        "observation.state": {"min": torch.tensor([-1.0, -1.0]), "max": torch.tensor([1.0, 1.0])},
+        "observation.images.top": {"mean": torch.full((3, 1, 1), 0.5), "std": torch.full((3, 1, 1), 0.2)},
+        "action": {"min": torch.tensor([-1.0, -1.0]), "max": torch.tensor([1.0, 1.0])},
+    }
+
+
+def _raw_batch(b=3, t=2, horizon=8):
+    g = torch.Generator().manual_seed(0)
+    return {
+        "observation.state": torch.rand(b, t, 2, generator=g) * 2 - 1,
+        "observation.images.top": torch.rand(b, t, 3, SIZE, SIZE, generator=g),
+        "observation.depth.top": 1.0 + torch.rand(b, t, 1, SIZE, SIZE, generator=g),
+        "observation.camera.top.intrinsics": torch.tensor(K).expand(b, t, 3, 3),
+        "observation.camera.top.extrinsics": torch.eye(4).expand(b, t, 4, 4),
+        "action": torch.rand(b, horizon, 2, generator=g) * 2 - 1,
+        "action_is_pad": torch.zeros(b, horizon, dtype=torch.bool),
+    }
+
+
+def test_plugin_is_found_by_lerobot_factories():
+    assert get_policy_class("flowstep_teacher") is FlowstepTeacherPolicy
+    pre, _ = make_pre_post_processors(_config(), dataset_stats=_stats())
+    names = [type(s).__name__ for s in pre.steps]
+    # The point cloud is made from metric depth, before normalization.
+    assert names.index("PointCloudProcessorStep") < names.index("NormalizerProcessorStep")
+
+
+def test_training_loss_backpropagates_into_encoder_and_velocity():
+    cfg = _config()
+    policy = FlowstepTeacherPolicy(cfg)
+    pre, _ = make_pre_post_processors(cfg, dataset_stats=_stats())
+    batch = pre(_raw_batch())
+    assert batch["observation.pointcloud"].shape == (3, 2, 32, 3)
+    loss, info = policy.forward(batch)
+    loss.backward()
+    assert info["cfm_loss"] > 0
+    assert policy.encoder.pointnets["observation__pointcloud"].mlp[0].weight.grad.abs().sum() > 0
+    assert policy.velocity.inp.weight.grad.abs().sum() > 0
+
+
+def test_sample_returns_m_trajectories_per_observation_and_select_action_replans():
+    cfg = _config()
+    policy = FlowstepTeacherPolicy(cfg).eval()
+    pre, post = make_pre_post_processors(cfg, dataset_stats=_stats())
+    batch = pre(_raw_batch())
+    samples = policy.sample(batch, num_samples=5, generator=torch.Generator().manual_seed(0))
+    assert samples.shape == (3, 5, 8, 2)
+    assert not torch.allclose(samples[:, 0], samples[:, 1])  # distinct noise per sample
+
+    calls = []
+    original = policy.predict_action_chunk
+    policy.predict_action_chunk = lambda b, noise=None: calls.append(1) or original(b, noise)
+    policy.reset()
+    obs = {k: v[:, -1] for k, v in batch.items() if k.startswith("observation.")}
+    actions = [post(policy.select_action(obs)) for _ in range(9)]
+    assert actions[0].shape == (3, 2)
+    assert len(calls) == 3  # steps 0, 4 and 8 re-plan with n_action_steps = 4
+
+
+def test_from_pretrained_round_trip_gives_the_same_actions(tmp_path):
+    cfg = _config()
+    policy = FlowstepTeacherPolicy(cfg).eval()
+    pre, post = make_pre_post_processors(cfg, dataset_stats=_stats())
+    policy.save_pretrained(tmp_path)
+    pre.save_pretrained(tmp_path)
+    post.save_pretrained(tmp_path)
+
+    saved = json.loads((tmp_path / "policy_preprocessor.json").read_text())
+    step = next(s for s in saved["steps"] if s.get("registry_name") == "flowstep_pointcloud")
+    assert step["config"]["cameras"] == ["top"] and step["config"]["num_points"] == 32
+
+    loaded = FlowstepTeacherPolicy.from_pretrained(tmp_path, strict=True)
+    pre2, post2 = make_pre_post_processors(loaded.config, pretrained_path=str(tmp_path))
+    assert any(type(s).__name__ == "PointCloudProcessorStep" for s in pre2.steps)
+
+    raw = _raw_batch()
+    noise = torch.randn(3, 8, 2, generator=torch.Generator().manual_seed(1))
+    a = post(policy.predict_action_chunk(pre(dict(raw)), noise=noise))
+    b = post2(loaded.predict_action_chunk(pre2(dict(raw)), noise=noise))
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_checkpoint_with_another_action_dimension_is_refused_with_names(tmp_path):
+    FlowstepTeacherPolicy(_config()).save_pretrained(tmp_path)
+    cfg = _config()
+    cfg.output_features = {"action": PolicyFeature(FeatureType.ACTION, (7,))}
+    with pytest.raises(ValueError, match=r"action' of shape \(7,\)") as err:
+        FlowstepTeacherPolicy.from_pretrained(tmp_path, config=cfg)
+    assert "velocity" in str(err.value)
+
+
+def test_no_usable_modality_is_refused_before_training():
+    cfg = FlowstepTeacherConfig(
+        device="cpu",
+        input_features={"observation.camera.top.intrinsics": PolicyFeature(FeatureType.STATE, (3, 3))},
+        output_features=dict(ACTION_FEATURES),
+    )
+    with pytest.raises(ValueError, match="no modality the encoder can use.*observation.camera.top.intrinsics"):
+        FlowstepTeacherPolicy(cfg)
+
+
+def test_point_cloud_camera_without_parameters_is_refused():
+    features = camera_features(SIZE)
+    del features["observation.camera.top.extrinsics"]
+    cfg = FlowstepTeacherConfig(device="cpu", input_features=features, output_features=dict(ACTION_FEATURES))
+    cfg.pointcloud.cameras = ["top"]
+    with pytest.raises(ValueError, match="observation.camera.top.extrinsics"):
+        FlowstepTeacherPolicy(cfg)
+    cfg.pointcloud.fixed_cameras = {"top": {"intrinsics": K, "extrinsics": torch.eye(4).tolist()}}
+    FlowstepTeacherPolicy(cfg)  # fixed parameters in the step's config are enough
+
+
+def test_bad_solver_and_chunking_are_refused():
+    with pytest.raises(ValueError, match="rk4"):
+        FlowstepTeacherConfig(device="cpu", ode_solver="rk4")
+    with pytest.raises(ValueError, match="n_action_steps"):
+        FlowstepTeacherConfig(device="cpu", horizon=4, n_action_steps=8)
