@@ -99,7 +99,8 @@ class FlowstepBasePolicy(PreTrainedPolicy):
     @torch.no_grad()
     def select_action(self, batch: dict[str, Tensor], noise: Tensor | None = None) -> Tensor:
         """One action per env; re-plans once the `n_action_steps` queued actions are spent."""
-        self._queues = populate_queues(self._queues, batch)
+        # The preprocessed observation carries an `action: None` entry that must not enter the action queue.
+        self._queues = populate_queues(self._queues, batch, exclude_keys=[ACTION])
         if len(self._queues[ACTION]) == 0:
             chunk = self.predict_action_chunk(batch, noise=noise)
             start = self.config.n_obs_steps - 1

@@ -1,0 +1,172 @@
+"""Expert demonstrations of ObstacleReach written as a LeRobotDataset (v3, images stored losslessly).
+
+Columns (frame t holds the observation the expert acted on and that action):
+- `observation.state` (2,) float32, `observation.environment_state` (2 + 2K,) float32, `action` (2,)
+  float32 (absolute target position);
+- with `camera=True`: `observation.images.top` image (H, W, 3) PNG, `observation.depth.top` (1, H, W)
+  float32 metres, `observation.camera.top.intrinsics` (3, 3) and `.extrinsics` (4, 4) float32;
+- `expert_mode` int64: the mode the expert picked for the episode. It is not under `observation.` or
+  `action`, so `dataset_to_policy_features` ignores it and policies never see it; evaluation code uses
+  it to check mode coverage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+from lerobot.datasets.lerobot_dataset import LeRobotDataset
+from lerobot.utils.constants import ACTION, OBS_ENV_STATE, OBS_STATE
+from tqdm import tqdm
+
+from lerobot_flowstep.constants import depth_key, extrinsics_key, intrinsics_key, rgb_key
+from lerobot_flowstep.envs.expert import ExpertEpisode, ScriptedExpert, run_expert_episode
+from lerobot_flowstep.envs.obstacle import CAMERA_NAME, TASK_DESCRIPTION, ObstacleLayout, ObstacleReachEnv
+
+FPS = 10
+EXPERT_MODE = "expert_mode"
+DEFAULT_REPO_ID = "local/flowstep_obstacle"
+
+
+def obstacle_dataset_features(num_modes: int, camera: bool, image_size: int) -> dict[str, dict[str, Any]]:
+    """LeRobot feature spec of the dataset written by `generate_obstacle_dataset`."""
+    layout = ObstacleLayout.preset(num_modes)
+    env_names = ["goal_x", "goal_y"]
+    for k in range(layout.num_obstacles):
+        env_names += [f"obstacle{k}_x", f"obstacle{k}_y"]
+    features: dict[str, dict[str, Any]] = {
+        OBS_STATE: {"dtype": "float32", "shape": (2,), "names": ["x", "y"]},
+        OBS_ENV_STATE: {"dtype": "float32", "shape": (len(env_names),), "names": env_names},
+        ACTION: {"dtype": "float32", "shape": (2,), "names": ["x", "y"]},
+        EXPERT_MODE: {"dtype": "int64", "shape": (1,), "names": None},
+    }
+    if camera:
+        size = (image_size, image_size)
+        features[rgb_key(CAMERA_NAME)] = {
+            "dtype": "image",
+            "shape": (*size, 3),
+            "names": ["height", "width", "channels"],
+        }
+        # Plain float arrays rather than LeRobot's depth-video features: stored in parquet they are
+        # lossless metric depth, and no depth-unit rescaling applies on read.
+        features[depth_key(CAMERA_NAME)] = {
+            "dtype": "float32",
+            "shape": (1, *size),
+            "names": ["channels", "height", "width"],
+        }
+        features[intrinsics_key(CAMERA_NAME)] = {"dtype": "float32", "shape": (3, 3), "names": None}
+        features[extrinsics_key(CAMERA_NAME)] = {"dtype": "float32", "shape": (4, 4), "names": None}
+    return features
+
+
+def _frame(observation: dict[str, Any], action: np.ndarray, mode: int, task: str, camera: bool) -> dict:
+    frame: dict[str, Any] = {
+        OBS_STATE: np.asarray(observation["agent_pos"], dtype=np.float32),
+        OBS_ENV_STATE: np.asarray(observation["environment_state"], dtype=np.float32),
+        ACTION: np.asarray(action, dtype=np.float32),
+        EXPERT_MODE: np.array([mode], dtype=np.int64),
+        "task": task,
+    }
+    if camera:
+        frame[rgb_key(CAMERA_NAME)] = observation["pixels"][CAMERA_NAME]
+        frame[depth_key(CAMERA_NAME)] = observation[f"depth.{CAMERA_NAME}"]
+        frame[intrinsics_key(CAMERA_NAME)] = observation[f"camera.{CAMERA_NAME}.intrinsics"]
+        frame[extrinsics_key(CAMERA_NAME)] = observation[f"camera.{CAMERA_NAME}.extrinsics"]
+    return frame
+
+
+def expert_episodes(
+    num_episodes: int, num_modes: int = 2, camera: bool = False, image_size: int = 64, seed: int = 0
+) -> Iterator[ExpertEpisode]:
+    """The expert rollouts `generate_obstacle_dataset` writes for the same arguments, in order."""
+    env = ObstacleReachEnv(num_modes=num_modes, camera=camera, image_size=image_size)
+    env_seeds, expert_seed = np.random.SeedSequence(seed).spawn(2)
+    # One independent seed per episode makes any single episode reproducible on its own.
+    episode_seeds = env_seeds.generate_state(num_episodes)
+    expert = ScriptedExpert(env.layout, seed=np.random.default_rng(expert_seed))
+    for episode_seed in episode_seeds:
+        yield run_expert_episode(env, expert, seed=int(episode_seed))
+
+
+def generate_obstacle_dataset(
+    root: Path,
+    repo_id: str = DEFAULT_REPO_ID,
+    num_episodes: int = 200,
+    num_modes: int = 2,
+    camera: bool = False,
+    image_size: int = 64,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Path:
+    """Roll the scripted expert `num_episodes` times and write the demonstrations to `root`.
+
+    The dataset is built in a temporary folder beside `root` and renamed into place only once it is
+    complete, so an interrupted or failed run (KeyboardInterrupt included) leaves nothing at `root`,
+    nor a temporary folder. Load the result offline with `LeRobotDataset(repo_id, root=root)`.
+
+    Raises FileExistsError if `root` exists and `overwrite` is False, ValueError for an unsupported
+    `num_modes` (2 or 4) or `num_episodes` < 1.
+    """
+    root = Path(root)
+    if num_modes not in (2, 4):
+        raise ValueError(f"num_modes must be 2 or 4, got {num_modes!r}")
+    if num_episodes < 1:
+        raise ValueError(f"num_episodes must be at least 1, got {num_episodes!r}")
+    if image_size < 8:
+        raise ValueError(f"image_size must be at least 8, got {image_size!r}")
+    if (root.exists() or root.is_symlink()) and not overwrite:
+        raise FileExistsError(f"dataset folder already exists: {root} (pass overwrite=True to replace it)")
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # Same parent as `root`, hence the same filesystem, so the final rename is atomic.
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
+    dataset: LeRobotDataset | None = None
+    # LeRobot embeds each episode through a `datasets` map whose own progress bar would bury ours.
+    progress_bars_were_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        dataset = LeRobotDataset.create(
+            repo_id=repo_id,
+            fps=FPS,
+            features=obstacle_dataset_features(num_modes, camera, image_size),
+            root=staging / "dataset",
+            robot_type="flowstep_obstacle",
+            use_videos=False,
+        )
+        episodes = expert_episodes(num_episodes, num_modes, camera, image_size, seed)
+        for index, episode in enumerate(tqdm(episodes, total=num_episodes, desc="expert episodes", unit="episode")):
+            if not episode.success:
+                raise RuntimeError(f"expert failed episode {index} (mode {episode.mode})")
+            for observation, action in zip(episode.observations[:-1], episode.actions, strict=True):
+                dataset.add_frame(_frame(observation, action, episode.mode, TASK_DESCRIPTION, camera))
+            dataset.save_episode()
+        dataset.finalize()
+
+        built = staging / "dataset"
+        if root.exists() or root.is_symlink():
+            previous = staging / "previous"
+            os.replace(root, previous)
+            try:
+                os.replace(built, root)
+            except BaseException:
+                os.replace(previous, root)
+                raise
+        else:
+            os.replace(built, root)
+    finally:
+        if dataset is not None:
+            # Finalising before deleting keeps the writer's __del__ from flushing metadata into the
+            # deleted staging folder later, which would recreate it.
+            with contextlib.suppress(Exception):
+                dataset.finalize()
+        shutil.rmtree(staging, ignore_errors=True)
+        if not progress_bars_were_disabled:
+            datasets.enable_progress_bars()
+    return root

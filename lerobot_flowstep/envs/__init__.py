@@ -1,0 +1,35 @@
+"""Embedded default task: ObstacleReach, a multi-modal 2-D reaching env, its expert and LeRobot env type.
+
+Importing this package registers the gym id `flowstep/ObstacleReach-v0` and the LeRobot env type
+`flowstep_obstacle` (`ObstacleEnvConfig`).
+"""
+
+from gymnasium.envs.registration import register, registry
+
+from .configs import ObstacleEnvConfig
+from .expert import ScriptedExpert, classify_trajectory, plan_path
+from .obstacle import ObstacleLayout, ObstacleReachEnv, ObstacleRenderer
+
+OBSTACLE_REACH_ID = "flowstep/ObstacleReach-v0"
+
+# Module reloads (tests, notebooks) re-run this file; gymnasium warns and overrides on re-registration.
+if OBSTACLE_REACH_ID not in registry:
+    register(
+        id=OBSTACLE_REACH_ID,
+        entry_point="lerobot_flowstep.envs.obstacle:ObstacleReachEnv",
+        max_episode_steps=80,
+        # The TimeLimit wrapper added by gym.make owns truncation (and `_max_episode_steps`), so that
+        # gym.make(..., max_episode_steps=N) is the single source of the episode length.
+        kwargs={"max_episode_steps": None},
+    )
+
+__all__ = [
+    "OBSTACLE_REACH_ID",
+    "ObstacleEnvConfig",
+    "ObstacleLayout",
+    "ObstacleReachEnv",
+    "ObstacleRenderer",
+    "ScriptedExpert",
+    "classify_trajectory",
+    "plan_path",
+]

@@ -1,0 +1,81 @@
+"""LeRobot env type `flowstep_obstacle`: ObstacleReach through `make_env` / `lerobot-eval --env.type=...`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lerobot.configs import FeatureType, PolicyFeature
+from lerobot.envs.configs import EnvConfig
+from lerobot.utils.constants import ACTION, OBS_ENV_STATE, OBS_IMAGES, OBS_STATE
+
+from lerobot_flowstep.constants import depth_key, extrinsics_key, intrinsics_key
+
+from .obstacle import CAMERA_NAME, ObstacleLayout
+
+
+@EnvConfig.register_subclass("flowstep_obstacle")
+@dataclass
+class ObstacleEnvConfig(EnvConfig):
+    """ObstacleReach (see `lerobot_flowstep.envs.obstacle`); `num_modes` is 2 or 4.
+
+    `features` / `features_map` are keyed by the env's raw observation keys (LeRobot's convention, with
+    `pixels/<cam>` for the nested pixel dict) and map to the dataset/policy keys written by
+    `lerobot_flowstep.datasets.obstacle_dataset`. Depth and camera parameters are STATE features, which
+    is also how `dataset_to_policy_features` types their float columns in the dataset.
+    """
+
+    task: str | None = "ObstacleReach-v0"
+    fps: int = 10
+    episode_length: int = 80
+    num_modes: int = 2
+    camera: bool = False
+    image_size: int = 64
+    render_mode: str = "rgb_array"
+    features: dict[str, PolicyFeature] = field(default_factory=dict)
+    features_map: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        layout = ObstacleLayout.preset(self.num_modes)  # validates num_modes early, at config parse time
+        size = (self.image_size, self.image_size)
+        features: dict[str, PolicyFeature] = {
+            ACTION: PolicyFeature(type=FeatureType.ACTION, shape=(2,)),
+            "agent_pos": PolicyFeature(type=FeatureType.STATE, shape=(2,)),
+            "environment_state": PolicyFeature(type=FeatureType.ENV, shape=(2 + 2 * layout.num_obstacles,)),
+        }
+        features_map = {
+            ACTION: ACTION,
+            "agent_pos": OBS_STATE,
+            "environment_state": OBS_ENV_STATE,
+        }
+        if self.camera:
+            cam = CAMERA_NAME
+            features[f"pixels/{cam}"] = PolicyFeature(type=FeatureType.VISUAL, shape=(*size, 3))
+            features[f"depth.{cam}"] = PolicyFeature(type=FeatureType.STATE, shape=(1, *size))
+            features[f"camera.{cam}.intrinsics"] = PolicyFeature(type=FeatureType.STATE, shape=(3, 3))
+            features[f"camera.{cam}.extrinsics"] = PolicyFeature(type=FeatureType.STATE, shape=(4, 4))
+            features_map[f"pixels/{cam}"] = f"{OBS_IMAGES}.{cam}"
+            features_map[f"depth.{cam}"] = depth_key(cam)
+            features_map[f"camera.{cam}.intrinsics"] = intrinsics_key(cam)
+            features_map[f"camera.{cam}.extrinsics"] = extrinsics_key(cam)
+        # Rebuilt rather than merged so that draccus-parsed or copied configs never keep stale entries.
+        self.features = features
+        self.features_map = features_map
+
+    @property
+    def package_name(self) -> str:
+        return "lerobot_flowstep"
+
+    @property
+    def gym_id(self) -> str:
+        return f"flowstep/{self.task}"
+
+    @property
+    def gym_kwargs(self) -> dict:
+        return {
+            "num_modes": self.num_modes,
+            "camera": self.camera,
+            "image_size": self.image_size,
+            "render_mode": self.render_mode,
+            # Consumed by gym.make, which wraps the env in a TimeLimit of this length.
+            "max_episode_steps": self.episode_length,
+        }

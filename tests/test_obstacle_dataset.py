@@ -1,0 +1,170 @@
+"""Expert demonstration datasets: round trip through LeRobotDataset, atomic writes, argument checks."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from lerobot.configs import FeatureType
+from lerobot.datasets.lerobot_dataset import LeRobotDataset
+from lerobot.utils.feature_utils import dataset_to_policy_features
+
+from lerobot_flowstep.constants import depth_key, extrinsics_key, intrinsics_key, rgb_key
+from lerobot_flowstep.datasets import obstacle_dataset
+from lerobot_flowstep.datasets.obstacle_dataset import EXPERT_MODE, expert_episodes, generate_obstacle_dataset
+from lerobot_flowstep.envs.expert import classify_trajectory
+from lerobot_flowstep.envs.obstacle import ObstacleLayout
+
+REPO_ID = "local/flowstep_obstacle_test"
+CAMERA_ARGS = {"num_episodes": 4, "num_modes": 2, "camera": True, "image_size": 32, "seed": 3}
+
+
+@pytest.fixture(scope="module")
+def camera_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("datasets") / "camera"
+    assert generate_obstacle_dataset(root, repo_id=REPO_ID, **CAMERA_ARGS) == root
+    return root
+
+
+def test_round_trip_matches_expert(camera_dataset: Path) -> None:
+    episodes = list(expert_episodes(**CAMERA_ARGS))
+    dataset = LeRobotDataset(REPO_ID, root=camera_dataset)
+    assert dataset.fps == 10
+    assert dataset.num_episodes == len(episodes)
+    assert len(dataset) == sum(ep.length for ep in episodes)
+
+    raw = dataset.hf_dataset.with_format("numpy")
+    actions = np.stack(raw["action"])
+    states = np.stack(raw["observation.state"])
+    modes = np.asarray(raw[EXPERT_MODE])
+    episode_index = np.asarray(raw["episode_index"])
+    for index, episode in enumerate(episodes):
+        rows = episode_index == index
+        np.testing.assert_array_equal(actions[rows], np.stack(episode.actions))
+        np.testing.assert_array_equal(states[rows], np.stack([o["agent_pos"] for o in episode.observations[:-1]]))
+        assert np.all(modes[rows] == episode.mode)
+        # The recorded states are a trajectory of the mode stored beside them.
+        assert classify_trajectory(episode.positions, ObstacleLayout.preset(2)) == episode.mode
+
+    # Images and depth are stored losslessly.
+    first = episodes[0].observations[0]
+    item = dataset[0]
+    np.testing.assert_array_equal(
+        (item[rgb_key("top")] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy(), first["pixels"]["top"]
+    )
+    np.testing.assert_array_equal(item[depth_key("top")].numpy(), first["depth.top"])
+
+
+def test_item_keys_shapes_and_dtypes(camera_dataset: Path) -> None:
+    dataset = LeRobotDataset(REPO_ID, root=camera_dataset)
+    item = dataset[0]
+    expected = {
+        "observation.state": ((2,), torch.float32),
+        "observation.environment_state": ((4,), torch.float32),
+        "action": ((2,), torch.float32),
+        EXPERT_MODE: ((), torch.int64),
+        rgb_key("top"): ((3, 32, 32), torch.float32),
+        depth_key("top"): ((1, 32, 32), torch.float32),
+        intrinsics_key("top"): ((3, 3), torch.float32),
+        extrinsics_key("top"): ((4, 4), torch.float32),
+    }
+    for key, (shape, dtype) in expected.items():
+        assert tuple(item[key].shape) == shape and item[key].dtype == dtype, key
+    assert isinstance(item["task"], str) and item["task"]
+    assert float(item[depth_key("top")].min()) > 0.0
+
+    # Policies see observations and the action, never the expert's mode.
+    features = dataset_to_policy_features(dataset.meta.features)
+    assert EXPERT_MODE not in features
+    assert features[rgb_key("top")].type is FeatureType.VISUAL
+    assert features[rgb_key("top")].shape == (3, 32, 32)
+    assert features["observation.environment_state"].type is FeatureType.ENV
+    assert features[depth_key("top")].type is FeatureType.STATE
+    assert features["action"].type is FeatureType.ACTION
+
+
+def test_action_chunks_with_delta_timestamps(camera_dataset: Path) -> None:
+    horizon = 8
+    dataset = LeRobotDataset(
+        REPO_ID,
+        root=camera_dataset,
+        delta_timestamps={"action": [i / 10 for i in range(horizon)], "observation.state": [-0.1, 0.0]},
+    )
+    item = dataset[0]
+    assert tuple(item["action"].shape) == (horizon, 2)
+    assert tuple(item["observation.state"].shape) == (2, 2)
+    assert item["observation.state_is_pad"].tolist() == [True, False]
+    assert not bool(item["action_is_pad"].any())
+    raw_actions = np.stack(dataset.hf_dataset.with_format("numpy")["action"][:horizon])
+    np.testing.assert_array_equal(item["action"].numpy(), raw_actions)
+
+    last = dataset[dataset.meta.episodes[0]["dataset_to_index"] - 1]
+    assert last["action_is_pad"].tolist() == [False] + [True] * (horizon - 1)
+
+
+def test_without_camera_four_modes_and_overwrite(tmp_path: Path) -> None:
+    root = tmp_path / "plain"
+    generate_obstacle_dataset(root, repo_id=REPO_ID, num_episodes=3, num_modes=4, seed=1)
+    dataset = LeRobotDataset(REPO_ID, root=root)
+    assert set(dataset.meta.features) >= {"observation.state", "observation.environment_state", "action", EXPERT_MODE}
+    assert not any(
+        key.startswith(("observation.images", "observation.depth", "observation.camera"))
+        for key in dataset.meta.features
+    )
+    assert tuple(dataset[0]["observation.environment_state"].shape) == (6,)
+    frames_before = len(dataset)
+
+    with pytest.raises(FileExistsError, match=str(root)):
+        generate_obstacle_dataset(root, repo_id=REPO_ID, num_episodes=1)
+
+    generate_obstacle_dataset(root, repo_id=REPO_ID, num_episodes=1, num_modes=4, seed=1, overwrite=True)
+    replaced = LeRobotDataset(REPO_ID, root=root)
+    assert replaced.num_episodes == 1 and len(replaced) < frames_before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "value"),
+    [({"num_modes": 3}, "3"), ({"num_episodes": 0}, "0"), ({"num_episodes": -2}, "-2")],
+)
+def test_bad_arguments(tmp_path: Path, kwargs: dict, value: str) -> None:
+    with pytest.raises(ValueError, match=value):
+        generate_obstacle_dataset(tmp_path / "bad", **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _interrupt_on_second_episode(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = LeRobotDataset.save_episode
+    calls = {"n": 0}
+
+    def save_episode(self: LeRobotDataset, *args, **kwargs) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(obstacle_dataset.LeRobotDataset, "save_episode", save_episode)
+
+
+def test_interrupted_generation_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _interrupt_on_second_episode(monkeypatch)
+    root = tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        generate_obstacle_dataset(root, repo_id=REPO_ID, num_episodes=3, camera=True, image_size=16)
+    gc.collect()  # a dangling dataset writer flushing on collection must not recreate anything
+    assert not root.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_overwrite_keeps_previous_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "kept"
+    generate_obstacle_dataset(root, repo_id=REPO_ID, num_episodes=2)
+    _interrupt_on_second_episode(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        generate_obstacle_dataset(root, repo_id=REPO_ID, num_episodes=3, overwrite=True)
+    gc.collect()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]
+    assert LeRobotDataset(REPO_ID, root=root).num_episodes == 2
