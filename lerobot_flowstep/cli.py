@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output-dir", default="outputs/demo")
     demo.add_argument("--num-modes", type=int, default=2, choices=(2, 4))
     demo.add_argument("--episodes", type=int, default=200)
-    demo.add_argument("--teacher-steps", type=int, default=3000)
+    demo.add_argument("--teacher-steps", type=int, default=2000)
     demo.add_argument("--eval-episodes", type=int, default=50)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)

@@ -17,7 +17,9 @@ from tqdm import trange
 
 from .datasets.obstacle_dataset import generate_obstacle_dataset
 from .envs import OBSTACLE_REACH_ID
-from .lerobot_commands import last_checkpoint, lerobot_eval, lerobot_train
+from .lerobot_commands import eval_args, lerobot_eval
+from .policies.flowstep_teacher.configuration_flowstep_teacher import FlowstepTeacherConfig
+from .training import train_policy_on_dataset
 
 DATASET_REPO_ID = "local/flowstep_obstacle"
 
@@ -27,45 +29,12 @@ class DemoSettings:
     output_dir: Path = Path("outputs/demo")
     num_modes: int = 2
     num_episodes: int = 200
-    teacher_steps: int = 3000
+    teacher_steps: int = 2000
+    learning_rate: float = 1e-3
     batch_size: int = 64
     eval_episodes: int = 50
     eval_batch_size: int = 10
     seed: int = 0
-
-
-def train_args(
-    policy_type: str, data_root: Path, output_dir: Path, steps: int, batch_size: int, seed: int
-) -> list[str]:
-    """`lerobot-train` arguments for a CPU run on a local dataset with no Hub, no W&B, no in-training eval."""
-    return [
-        f"--policy.type={policy_type}",
-        "--policy.device=cpu",
-        "--policy.push_to_hub=false",
-        f"--dataset.repo_id={DATASET_REPO_ID}",
-        f"--dataset.root={data_root}",
-        f"--output_dir={output_dir}",
-        f"--steps={steps}",
-        f"--batch_size={batch_size}",
-        f"--save_freq={steps}",
-        f"--log_freq={max(1, min(100, steps // 10))}",
-        "--eval_freq=0",
-        "--num_workers=0",
-        "--wandb.enable=false",
-        f"--seed={seed}",
-    ]
-
-
-def eval_args(checkpoint: Path, num_modes: int, episodes: int, batch_size: int, seed: int) -> list[str]:
-    return [
-        f"--policy.path={checkpoint}",
-        "--policy.device=cpu",
-        "--env.type=flowstep_obstacle",
-        f"--env.num_modes={num_modes}",
-        f"--eval.n_episodes={episodes}",
-        f"--eval.batch_size={min(batch_size, episodes)}",
-        f"--seed={seed}",
-    ]
 
 
 def random_policy_success(num_modes: int, episodes: int, seed: int) -> float:
@@ -103,27 +72,28 @@ def run_demo(settings: DemoSettings) -> dict:
 
     teacher_dir = out / "teacher"
     start = time.perf_counter()
-    if not (teacher_dir / "checkpoints" / "last").exists():
-        lerobot_train(
-            train_args(
-                "flowstep_teacher", data_root, teacher_dir, settings.teacher_steps, settings.batch_size, settings.seed
-            ),
-            out / "logs" / "train_teacher.log",
-            total_steps=settings.teacher_steps,
-            desc="lerobot-train flowstep_teacher",
-        )
+    teacher_config = FlowstepTeacherConfig(device="cpu", optimizer_lr=settings.learning_rate)
+    _, teacher_checkpoint, _ = train_policy_on_dataset(
+        teacher_config,
+        DATASET_REPO_ID,
+        data_root,
+        teacher_dir,
+        steps=settings.teacher_steps,
+        batch_size=settings.batch_size,
+        seed=settings.seed,
+        desc="train flowstep_teacher",
+    )
     timings["teacher_train_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
     eval_seed = 100_000 + settings.seed  # disjoint from the seeds that generated the demonstrations
     info = lerobot_eval(
-        eval_args(
-            last_checkpoint(teacher_dir),
-            settings.num_modes,
-            settings.eval_episodes,
-            settings.eval_batch_size,
-            eval_seed,
-        ),
+        [
+            *eval_args(
+                teacher_checkpoint, "flowstep_obstacle", settings.eval_episodes, settings.eval_batch_size, eval_seed
+            ),
+            f"--env.num_modes={settings.num_modes}",
+        ],
         out / "eval_teacher",
         out / "logs" / "eval_teacher.log",
         desc="lerobot-eval flowstep_teacher",
@@ -134,7 +104,7 @@ def run_demo(settings: DemoSettings) -> dict:
     random_success = random_policy_success(settings.num_modes, settings.eval_episodes, eval_seed)
     report = {
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
-        "teacher": {"success_rate": teacher_success, "checkpoint": str(last_checkpoint(teacher_dir))},
+        "teacher": {"success_rate": teacher_success, "checkpoint": str(teacher_checkpoint)},
         "random_policy": {"success_rate": random_success},
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
     }

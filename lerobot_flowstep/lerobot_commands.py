@@ -54,9 +54,7 @@ def _run(module: str, args: list[str], log_path: Path, total_steps: int | None, 
         if code == 0 and total_steps is not None:
             bar.update(total_steps - bar.n)
     if code != 0:
-        raise RuntimeError(
-            f"{module} exited with code {code}; full log in {log_path}. Last lines:\n" + "".join(tail)
-        )
+        raise RuntimeError(f"{module} exited with code {code}; full log in {log_path}. Last lines:\n" + "".join(tail))
 
 
 def lerobot_train(args: list[str], log_path: Path, total_steps: int | None = None, desc: str = "train") -> None:
@@ -76,3 +74,40 @@ def last_checkpoint(train_output_dir: Path) -> Path:
     if not path.is_dir():
         raise FileNotFoundError(f"No checkpoint at {path}; did lerobot-train finish?")
     return path
+
+
+def train_args(
+    policy_type: str, repo_id: str, data_root: Path, output_dir: Path, steps: int, batch_size: int, seed: int = 0
+) -> list[str]:
+    """`lerobot-train` arguments for a CPU run on a local dataset with no Hub, no W&B, no in-training eval."""
+    return [
+        f"--policy.type={policy_type}",
+        "--policy.device=cpu",
+        "--policy.push_to_hub=false",
+        f"--dataset.repo_id={repo_id}",
+        f"--dataset.root={data_root}",
+        f"--output_dir={output_dir}",
+        f"--steps={steps}",
+        f"--batch_size={batch_size}",
+        f"--save_freq={steps}",
+        f"--log_freq={max(1, min(100, steps // 10))}",
+        "--env_eval_freq=0",
+        "--num_workers=0",
+        "--wandb.enable=false",
+        f"--seed={seed}",
+    ]
+
+
+def eval_args(checkpoint: Path, env_type: str, episodes: int, batch_size: int, seed: int) -> list[str]:
+    """`lerobot-eval` arguments for a local checkpoint on CPU; add `--env.<field>=` arguments as needed."""
+    return [
+        f"--policy.path={checkpoint}",
+        "--policy.device=cpu",
+        f"--env.type={env_type}",
+        f"--eval.n_episodes={episodes}",
+        f"--eval.batch_size={min(batch_size, episodes)}",
+        # Async envs start one process per env, each importing torch and LeRobot: minutes on 2 cores for
+        # environments that step in microseconds.
+        "--eval.use_async_envs=false",
+        f"--seed={seed}",
+    ]
