@@ -1,25 +1,38 @@
 """`lerobot-flowstep demo`: the main job, end to end on the embedded multi-modal task.
 
-Generate expert demonstrations (a LeRobotDataset), train the CFM teacher with `lerobot-train`, evaluate it
-with `lerobot-eval` on the registered `flowstep_obstacle` env, compare with a random policy, and write a
-JSON report. Every step goes through LeRobot's own commands, exactly as a user would run them.
+1. expert demonstrations -> a LeRobotDataset (`flowstep_obstacle`, 2 or 4 modes);
+2. the CFM teacher, trained on it;
+3. teacher samples cached once per frame (accurate solver: the student inherits their error);
+4. the one-step IMLE student, distilled from the cache; the regression baseline (same network, L2);
+5. every method reloaded from its saved checkpoint and evaluated with LeRobot's `eval_policy` on the same
+   seeded episodes: teacher (N steps), teacher with 1 Euler step (naive one-step CFM), student, regression;
+6. chunk latency at batch 1, a table, a JSON report and the mode-collapse picture.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import gymnasium as gym
+import torch
+from lerobot.configs import PreTrainedConfig
+from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
+from lerobot.policies.factory import get_policy_class, make_pre_post_processors
 from tqdm import trange
 
 from .datasets.obstacle_dataset import generate_obstacle_dataset
-from .envs import OBSTACLE_REACH_ID
-from .lerobot_commands import eval_args, lerobot_eval
+from .diagnostics import rollout_mode_report
+from .envs import OBSTACLE_REACH_ID, ObstacleLayout
+from .latency import measure_latency
+from .networks import NetworkConfig
+from .plots import plot_trajectories
 from .policies.flowstep_teacher.configuration_flowstep_teacher import FlowstepTeacherConfig
-from .training import train_policy_on_dataset
+from .policies.imle_student.configuration_imle_student import ImleStudentConfig
+from .teacher_cache import cache_metadata, sample_teacher, write_teacher_cache
+from .training import load_samples, train_policy_on_dataset
 
 DATASET_REPO_ID = "local/flowstep_obstacle"
 
@@ -29,12 +42,20 @@ class DemoSettings:
     output_dir: Path = Path("outputs/demo")
     num_modes: int = 2
     num_episodes: int = 200
-    teacher_steps: int = 2000
-    learning_rate: float = 1e-3
-    batch_size: int = 64
-    eval_episodes: int = 50
-    eval_batch_size: int = 10
     seed: int = 0
+    network: NetworkConfig = field(default_factory=lambda: NetworkConfig(hidden_dim=256, num_blocks=3))
+    batch_size: int = 64
+    teacher_steps: int = 2000
+    teacher_lr: float = 1e-3
+    teacher_inference_steps: int = 10
+    cache_samples: int = 16
+    cache_steps: int = 10
+    cache_solver: str = "heun"
+    student_steps: int = 1500
+    student_lr: float = 3e-4
+    regression_steps: int = 1000
+    eval_episodes: int = 100
+    latency_repeats: int = 200
 
 
 def random_policy_success(num_modes: int, episodes: int, seed: int) -> float:
@@ -53,72 +74,166 @@ def random_policy_success(num_modes: int, episodes: int, seed: int) -> float:
     return successes / episodes
 
 
+def load_checkpoint(checkpoint: Path, **overrides):
+    """Policy and processors from a saved checkpoint, as `lerobot-eval --policy.path=...` loads them."""
+    config = PreTrainedConfig.from_pretrained(checkpoint)
+    for name, value in overrides.items():
+        setattr(config, name, value)
+    config.device = "cpu"
+    policy = get_policy_class(config.type).from_pretrained(checkpoint, config=config, strict=True)
+    preprocessor, postprocessor = make_pre_post_processors(config, pretrained_path=str(checkpoint))
+    return policy, preprocessor, postprocessor
+
+
+def chunk_latency(policy, preprocessor, num_modes: int, repeats: int) -> dict:
+    """Batch-1 latency of one chunk (`predict_action_chunk` on a preprocessed observation)."""
+    from lerobot.envs.utils import preprocess_observation
+
+    env = gym.make(OBSTACLE_REACH_ID, num_modes=num_modes)
+    obs, _ = env.reset(seed=0)
+    env.close()
+    batch = preprocessor(preprocess_observation({k: v[None] for k, v in obs.items()}))
+    policy.reset()
+    with torch.inference_mode():
+        return measure_latency(lambda: policy.predict_action_chunk(batch), repeats=repeats).as_dict()
+
+
 def run_demo(settings: DemoSettings) -> dict:
+    torch.manual_seed(settings.seed)
     out = settings.output_dir.resolve()
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
-    data_root = out / f"data_{settings.num_modes}modes_{settings.num_episodes}ep_seed{settings.seed}"
+    def timed(name: str, start: float) -> None:
+        timings[name] = round(time.perf_counter() - start, 1)
+
     start = time.perf_counter()
+    data_root = out / f"data_{settings.num_modes}modes_{settings.num_episodes}ep_seed{settings.seed}"
     if not data_root.exists():
         generate_obstacle_dataset(
-            data_root,
-            repo_id=DATASET_REPO_ID,
-            num_episodes=settings.num_episodes,
-            num_modes=settings.num_modes,
-            seed=settings.seed,
+            data_root, DATASET_REPO_ID, settings.num_episodes, settings.num_modes, seed=settings.seed
         )
-    timings["dataset_s"] = time.perf_counter() - start
+    timed("dataset", start)
 
-    teacher_dir = out / "teacher"
+    common = {"device": "cpu", "network": settings.network}
     start = time.perf_counter()
-    teacher_config = FlowstepTeacherConfig(device="cpu", optimizer_lr=settings.learning_rate)
-    _, teacher_checkpoint, _ = train_policy_on_dataset(
-        teacher_config,
-        DATASET_REPO_ID,
-        data_root,
-        teacher_dir,
-        steps=settings.teacher_steps,
-        batch_size=settings.batch_size,
-        seed=settings.seed,
-        desc="train flowstep_teacher",
+    teacher_cfg = FlowstepTeacherConfig(
+        **common, optimizer_lr=settings.teacher_lr, num_inference_steps=settings.teacher_inference_steps
     )
-    timings["teacher_train_s"] = time.perf_counter() - start
+    meta = LeRobotDatasetMetadata(DATASET_REPO_ID, root=data_root)
+    samples = load_samples(DATASET_REPO_ID, data_root, teacher_cfg, meta)
+    teacher, teacher_ckpt, _ = train_policy_on_dataset(
+        teacher_cfg, DATASET_REPO_ID, data_root, out / "teacher", settings.teacher_steps, settings.batch_size,
+        settings.seed, "train flowstep_teacher", samples,
+    )  # fmt: skip
+    timed("teacher_train", start)
 
     start = time.perf_counter()
+    cache_path = out / "teacher" / "teacher_samples.safetensors"
+    preprocessor, _ = make_pre_post_processors(teacher.config, pretrained_path=str(teacher_ckpt))
+    processed = preprocessor(dict(samples))
+    batches = [
+        {k: v[i : i + 512] for k, v in processed.items() if isinstance(v, torch.Tensor)}
+        for i in trange(0, len(samples["index"]), 512, desc="teacher samples", leave=False)
+    ]
+    cached, index = sample_teacher(
+        teacher, batches, settings.cache_samples, settings.cache_steps, settings.cache_solver, settings.seed
+    )
+    metadata = cache_metadata(
+        teacher, str(teacher_ckpt), settings.cache_samples, settings.cache_steps, settings.cache_solver, settings.seed
+    )
+    write_teacher_cache(cached, index, cache_path, {**metadata, "repo_id": DATASET_REPO_ID, "root": str(data_root)})
+    timed("teacher_cache", start)
+
+    start = time.perf_counter()
+    student_cfg = ImleStudentConfig(
+        device="cpu",
+        teacher_path=str(teacher_ckpt),
+        teacher_cache_path=str(cache_path),
+        num_teacher_samples=settings.cache_samples,
+        optimizer_lr=settings.student_lr,
+    )
+    _, student_ckpt, _ = train_policy_on_dataset(
+        student_cfg, DATASET_REPO_ID, data_root, out / "student", settings.student_steps, settings.batch_size,
+        settings.seed, "distill imle_student", samples,
+    )  # fmt: skip
+    timed("student_distill", start)
+
+    start = time.perf_counter()
+    regression_cfg = ImleStudentConfig(**common, objective="regression", optimizer_lr=settings.teacher_lr)
+    _, regression_ckpt, _ = train_policy_on_dataset(
+        regression_cfg, DATASET_REPO_ID, data_root, out / "regression", settings.regression_steps,
+        settings.batch_size, settings.seed, "train regression baseline", samples,
+    )  # fmt: skip
+    timed("regression_train", start)
+
+    methods = {
+        f"teacher ({settings.teacher_inference_steps} steps)": (teacher_ckpt, {}),
+        "1-step CFM": (teacher_ckpt, {"num_inference_steps": 1}),
+        "IMLE student": (student_ckpt, {}),
+        "regression": (regression_ckpt, {}),
+    }
     eval_seed = 100_000 + settings.seed  # disjoint from the seeds that generated the demonstrations
-    info = lerobot_eval(
-        [
-            *eval_args(
-                teacher_checkpoint, "flowstep_obstacle", settings.eval_episodes, settings.eval_batch_size, eval_seed
-            ),
-            f"--env.num_modes={settings.num_modes}",
-        ],
-        out / "eval_teacher",
-        out / "logs" / "eval_teacher.log",
-        desc="lerobot-eval flowstep_teacher",
-    )
-    timings["teacher_eval_s"] = time.perf_counter() - start
+    results, trajectories = {}, {}
+    start = time.perf_counter()
+    for name, (checkpoint, overrides) in methods.items():
+        policy, pre, post = load_checkpoint(checkpoint, **overrides)
+        stats, trajs = rollout_mode_report(policy, pre, post, settings.num_modes, settings.eval_episodes, eval_seed)
+        latency = chunk_latency(policy, pre, settings.num_modes, settings.latency_repeats)
+        results[name] = {**stats.as_dict(), "latency": latency, "checkpoint": str(checkpoint), **overrides}
+        trajectories[name] = trajs
+    student_policy, _, _ = load_checkpoint(student_ckpt)
+    results["IMLE student"]["bare_forward_latency"] = bare_generator_latency(student_policy, settings.latency_repeats)
+    timed("evaluation", start)
+    results["random"] = {"success_rate": random_policy_success(settings.num_modes, settings.eval_episodes, eval_seed)}
 
-    teacher_success = info["overall"]["pc_success"] / 100.0
-    random_success = random_policy_success(settings.num_modes, settings.eval_episodes, eval_seed)
+    subtitles = {
+        n: f"success {r['success_rate']:.0%}, off-manifold {r['off_manifold']:.0%}"
+        for n, r in results.items()
+        if n in trajectories
+    }
+    picture = plot_trajectories(
+        trajectories, ObstacleLayout.preset(settings.num_modes), out / "trajectories.png", subtitles
+    )
     report = {
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
-        "teacher": {"success_rate": teacher_success, "checkpoint": str(teacher_checkpoint)},
-        "random_policy": {"success_rate": random_success},
-        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "settings": json.loads(json.dumps(asdict(settings), default=str)),
+        "results": results,
+        "timings_s": timings,
+        "machine": machine_description(),
+        "trajectories_png": str(picture),
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    print(format_table(report))
-    print(f"Report: {out / 'report.json'}")
+    print(format_table(results, settings.num_modes))
+    print(f"Report: {out / 'report.json'}\nPicture: {picture}")
     return report
 
 
-def format_table(report: dict) -> str:
-    rows = [
-        ("flowstep_teacher", report["teacher"]["success_rate"]),
-        ("random", report["random_policy"]["success_rate"]),
-    ]
-    lines = [f"{'policy':<20}{'success':>10}", "-" * 30]
-    lines += [f"{name:<20}{rate:>10.1%}" for name, rate in rows]
+def bare_generator_latency(student, repeats: int) -> dict:
+    """One forward pass of the student's generator network alone, on a fixed condition: the physical
+    limit of any one-step policy with this network."""
+    cond = torch.zeros(1, student.encoder.cond_dim)
+    z = torch.zeros(1, student.config.horizon, student.config.action_dim)
+    t = torch.zeros(1)
+    with torch.inference_mode():
+        return measure_latency(lambda: student.generator(z, t, cond), repeats=repeats).as_dict()
+
+
+def machine_description() -> str:
+    import platform
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, {device}"
+
+
+def format_table(results: dict, num_modes: int) -> str:
+    header = f"{'method':<22}{'success':>9}{'modes':>8}{'entropy':>9}{'off-manif.':>12}{'chunk ms':>10}{'Hz':>9}"
+    lines = [header, "-" * len(header)]
+    for name, r in results.items():
+        if "latency" not in r:
+            lines.append(f"{name:<22}{r['success_rate']:>9.1%}")
+            continue
+        lines.append(
+            f"{name:<22}{r['success_rate']:>9.1%}{r['modes_covered']:>5}/{num_modes:<2}{r['mode_entropy']:>9.3f}"
+            f"{r['off_manifold']:>12.1%}{r['latency']['median_ms']:>10.3f}{r['latency']['hz']:>9.0f}"
+        )
     return "\n".join(lines)

@@ -12,21 +12,19 @@ Columns (frame t holds the observation the expert acted on and that action):
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import datasets
 import numpy as np
-from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+# Re-exported: tests patch the writer class through this module.
+from lerobot.datasets.lerobot_dataset import LeRobotDataset  # noqa: F401
 from lerobot.utils.constants import ACTION, OBS_ENV_STATE, OBS_STATE
 from tqdm import tqdm
 
 from lerobot_flowstep.constants import depth_key, extrinsics_key, intrinsics_key, rgb_key
+from lerobot_flowstep.datasets.atomic import atomic_lerobot_dataset
 from lerobot_flowstep.envs.expert import ExpertEpisode, ScriptedExpert, run_expert_episode
 from lerobot_flowstep.envs.obstacle import CAMERA_NAME, TASK_DESCRIPTION, ObstacleLayout, ObstacleReachEnv
 
@@ -121,25 +119,15 @@ def generate_obstacle_dataset(
         raise ValueError(f"num_episodes must be at least 1, got {num_episodes!r}")
     if image_size < 8:
         raise ValueError(f"image_size must be at least 8, got {image_size!r}")
-    if (root.exists() or root.is_symlink()) and not overwrite:
-        raise FileExistsError(f"dataset folder already exists: {root} (pass overwrite=True to replace it)")
-
-    root.parent.mkdir(parents=True, exist_ok=True)
-    # Same parent as `root`, hence the same filesystem, so the final rename is atomic.
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
-    dataset: LeRobotDataset | None = None
-    # LeRobot embeds each episode through a `datasets` map whose own progress bar would bury ours.
-    progress_bars_were_disabled = datasets.are_progress_bars_disabled()
-    datasets.disable_progress_bars()
-    try:
-        dataset = LeRobotDataset.create(
-            repo_id=repo_id,
-            fps=FPS,
-            features=obstacle_dataset_features(num_modes, camera, image_size),
-            root=staging / "dataset",
-            robot_type="flowstep_obstacle",
-            use_videos=False,
-        )
+    with atomic_lerobot_dataset(
+        root,
+        overwrite=overwrite,
+        repo_id=repo_id,
+        fps=FPS,
+        features=obstacle_dataset_features(num_modes, camera, image_size),
+        robot_type="flowstep_obstacle",
+        use_videos=False,
+    ) as dataset:
         episodes = expert_episodes(num_episodes, num_modes, camera, image_size, seed)
         for index, episode in enumerate(tqdm(episodes, total=num_episodes, desc="expert episodes", unit="episode")):
             if not episode.success:
@@ -147,26 +135,4 @@ def generate_obstacle_dataset(
             for observation, action in zip(episode.observations[:-1], episode.actions, strict=True):
                 dataset.add_frame(_frame(observation, action, episode.mode, TASK_DESCRIPTION, camera))
             dataset.save_episode()
-        dataset.finalize()
-
-        built = staging / "dataset"
-        if root.exists() or root.is_symlink():
-            previous = staging / "previous"
-            os.replace(root, previous)
-            try:
-                os.replace(built, root)
-            except BaseException:
-                os.replace(previous, root)
-                raise
-        else:
-            os.replace(built, root)
-    finally:
-        if dataset is not None:
-            # Finalising before deleting keeps the writer's __del__ from flushing metadata into the
-            # deleted staging folder later, which would recreate it.
-            with contextlib.suppress(Exception):
-                dataset.finalize()
-        shutil.rmtree(staging, ignore_errors=True)
-        if not progress_bars_were_disabled:
-            datasets.enable_progress_bars()
     return root

@@ -31,6 +31,7 @@ class FlowstepBasePolicy(PreTrainedPolicy):
         self.config = config
         self.encoder = UnifiedObservationEncoder(config.encoder, config.input_features, config.n_obs_steps)
         self._queues: dict[str, deque] = {}
+        self._last_chunk: Tensor | None = None
         self.reset()
 
     # --- observation handling -------------------------------------------------------------------
@@ -40,6 +41,7 @@ class FlowstepBasePolicy(PreTrainedPolicy):
         n = self.config.n_obs_steps
         self._queues = {key: deque(maxlen=n) for key in self.encoder.input_keys}
         self._queues[ACTION] = deque(maxlen=self.config.n_action_steps)
+        self._last_chunk = None
 
     def _observation_history(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """(B, n_obs_steps, ...) tensors for the encoder, from the queues when filled by select_action,
@@ -78,15 +80,17 @@ class FlowstepBasePolicy(PreTrainedPolicy):
         num_samples: int = 1,
         generator: torch.Generator | None = None,
         cond: Tensor | None = None,
+        **generate_kwargs,
     ) -> Tensor:
         """`num_samples` chunks per observation in one batched call: (B, num_samples, horizon, action_dim),
-        in normalized action space. The observation is encoded once and shared by its samples."""
+        in normalized action space. The observation is encoded once and shared by its samples;
+        `generate_kwargs` go to `generate` (e.g. the teacher's `num_steps` and `solver`)."""
         if cond is None:
             cond = self.encode(batch)
         b = cond.shape[0]
         cond = cond.repeat_interleave(num_samples, dim=0)
         noise = self.sample_noise(b * num_samples, cond.device, generator).to(cond.dtype)
-        return self.generate(cond, noise).reshape(b, num_samples, self.config.horizon, -1)
+        return self.generate(cond, noise, **generate_kwargs).reshape(b, num_samples, self.config.horizon, -1)
 
     @torch.no_grad()
     def predict_action_chunk(self, batch: dict[str, Tensor], noise: Tensor | None = None) -> Tensor:
@@ -103,6 +107,7 @@ class FlowstepBasePolicy(PreTrainedPolicy):
         self._queues = populate_queues(self._queues, batch, exclude_keys=[ACTION])
         if len(self._queues[ACTION]) == 0:
             chunk = self.predict_action_chunk(batch, noise=noise)
+            self._last_chunk = chunk
             start = self.config.n_obs_steps - 1
             self._queues[ACTION].extend(chunk[:, start : start + self.config.n_action_steps].transpose(0, 1))
         return self._queues[ACTION].popleft()

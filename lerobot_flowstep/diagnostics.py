@@ -1,0 +1,178 @@
+"""How well a policy reproduces its teacher's distribution, and (on the embedded task) its modes.
+
+- `sample_chamfer`: on held-out observations of any dataset, many samples from a policy against many
+  from the teacher, both Chamfer directions (coverage: are all teacher modes reached; fidelity: does every
+  sample lie near some teacher sample), in the teacher's normalized action space.
+- `rollout_mode_report`: closed-loop rollouts through LeRobot's own `eval_policy` on the `flowstep_obstacle`
+  env: success rate, modes covered, normalized entropy of the mode histogram and the share of
+  off-manifold (between-mode or colliding) trajectories.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from lerobot.envs.factory import make_env, make_env_pre_post_processors
+from lerobot.policies.pretrained import PreTrainedPolicy
+from lerobot.processor import PolicyProcessorPipeline
+from lerobot.scripts.lerobot_eval import eval_policy
+from lerobot.utils.constants import OBS_STATE
+from torch import Tensor
+
+from .envs import ObstacleEnvConfig, ObstacleLayout, classify_trajectory
+from .imle import chamfer_terms
+from .policies.policy_base import FlowstepBasePolicy
+
+
+@torch.no_grad()
+def sample_chamfer(
+    policy: FlowstepBasePolicy,
+    teacher: FlowstepBasePolicy,
+    batch: dict[str, Tensor],
+    num_samples: int = 32,
+    seed: int = 0,
+    **teacher_generate_kwargs,
+) -> dict[str, float]:
+    """Mean coverage and fidelity of `policy` samples against `teacher` samples on preprocessed observations."""
+    generator = torch.Generator().manual_seed(seed)
+    teacher_samples = teacher.sample(batch, num_samples, generator=generator, **teacher_generate_kwargs)
+    policy_samples = policy.sample(batch, num_samples, generator=generator)
+    mask = ~batch["action_is_pad"] if "action_is_pad" in batch else None
+    coverage, fidelity = chamfer_terms(teacher_samples, policy_samples, mask)
+    return {"coverage": coverage.mean().item(), "fidelity": fidelity.mean().item()}
+
+
+@dataclass
+class ModeStatistics:
+    success_rate: float
+    modes_covered: int
+    num_modes: int
+    mode_entropy: float  # normalized to [0, 1] over the task's modes, on-manifold trajectories only
+    off_manifold: float
+    mode_histogram: list[float]  # share of all trajectories per mode
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def mode_statistics(modes: np.ndarray, successes: np.ndarray, num_modes: int) -> ModeStatistics:
+    """Summaries of per-episode mode labels (-1 = off-manifold) and success flags."""
+    modes = np.asarray(modes)
+    n = len(modes)
+    counts = np.bincount(modes[modes >= 0], minlength=num_modes)[:num_modes]
+    on_manifold = counts.sum()
+    if on_manifold:
+        p = counts[counts > 0] / on_manifold
+        entropy = float(-(p * np.log(p)).sum() / math.log(num_modes))
+    else:
+        entropy = 0.0
+    return ModeStatistics(
+        success_rate=float(np.mean(successes)) if n else 0.0,
+        modes_covered=int((counts > 0).sum()),
+        num_modes=num_modes,
+        mode_entropy=entropy,
+        off_manifold=float((modes < 0).mean()) if n else 0.0,
+        mode_histogram=(counts / max(n, 1)).tolist(),
+    )
+
+
+def episode_trajectories(episodes: dict[str, Tensor]) -> list[np.ndarray]:
+    """Agent positions per episode from `eval_policy(..., return_episode_data=True)`.
+
+    LeRobot appends the observation after the last action, which with same-step autoreset is the next
+    episode's first observation; it is dropped.
+    """
+    index = episodes["episode_index"].numpy()
+    states = episodes[OBS_STATE].numpy()
+    done = episodes["next.done"].numpy()
+    out = []
+    for e in np.unique(index):
+        rows = np.flatnonzero(index == e)
+        last = rows[np.flatnonzero(done[rows])[0]] if done[rows].any() else rows[-1]
+        out.append(states[rows[0] : last + 1])
+    return out
+
+
+def rollout_mode_report(
+    policy: PreTrainedPolicy,
+    preprocessor: PolicyProcessorPipeline,
+    postprocessor: PolicyProcessorPipeline,
+    num_modes: int,
+    n_episodes: int,
+    seed: int,
+    batch_size: int = 25,
+) -> tuple[ModeStatistics, list[np.ndarray]]:
+    """Roll the policy out with LeRobot's `eval_policy` and classify each trajectory's mode."""
+    env_cfg = ObstacleEnvConfig(num_modes=num_modes)
+    envs = make_env(env_cfg, n_envs=min(batch_size, n_episodes))
+    env = envs[env_cfg.type][0]
+    env_pre, env_post = make_env_pre_post_processors(env_cfg, policy.config)
+    try:
+        info = eval_policy(
+            env,
+            policy,
+            env_pre,
+            env_post,
+            preprocessor,
+            postprocessor,
+            n_episodes=n_episodes,
+            return_episode_data=True,
+            start_seed=seed,
+        )
+    finally:
+        env.close()
+    trajectories = episode_trajectories(info["episodes"])
+    layout = ObstacleLayout.preset(num_modes)
+    modes = np.array([int(classify_trajectory(t[None], layout)[0]) for t in trajectories])
+    successes = np.array([ep["success"] for ep in info["per_episode"]])
+    return mode_statistics(modes, successes, num_modes), trajectories
+
+
+def held_out_chamfer(
+    policy_path: str,
+    teacher_path: str,
+    repo_id: str,
+    root: str | None,
+    episodes: list[int],
+    num_frames: int = 128,
+    num_samples: int = 32,
+    teacher_num_steps: int | None = None,
+    teacher_solver: str | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """`sample_chamfer` on up to `num_frames` frames of the given (held-out) episodes of any dataset.
+
+    Both policies see the observation through the teacher's preprocessor, whose normalization the student
+    shares, so the two Chamfer directions are in one action space.
+    """
+    from lerobot.configs import PreTrainedConfig
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
+    from lerobot.policies.factory import get_policy_class, make_pre_post_processors
+
+    from .training import delta_timestamps
+
+    teacher_cfg = PreTrainedConfig.from_pretrained(teacher_path)
+    teacher_cfg.device = "cpu"
+    teacher = get_policy_class(teacher_cfg.type).from_pretrained(teacher_path, config=teacher_cfg)
+    policy_cfg = PreTrainedConfig.from_pretrained(policy_path)
+    policy_cfg.device = "cpu"
+    policy = get_policy_class(policy_cfg.type).from_pretrained(policy_path, config=policy_cfg)
+    preprocessor, _ = make_pre_post_processors(teacher_cfg, pretrained_path=str(teacher_path))
+    meta = LeRobotDatasetMetadata(repo_id, root=root)
+    dataset = LeRobotDataset(
+        repo_id, root=root, episodes=episodes, delta_timestamps=delta_timestamps(teacher_cfg, meta)
+    )
+    generator = torch.Generator().manual_seed(seed)
+    frames = torch.randperm(len(dataset), generator=generator)[:num_frames]
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, frames.tolist()), batch_size=len(frames))
+    batch = preprocessor(next(iter(loader)))
+    kwargs = {}
+    if teacher_num_steps is not None:
+        kwargs["num_steps"] = teacher_num_steps
+    if teacher_solver is not None:
+        kwargs["solver"] = teacher_solver
+    result = sample_chamfer(policy, teacher, batch, num_samples, seed, **kwargs)
+    return {**result, "frames": len(frames), "samples_per_frame": num_samples}

@@ -1,0 +1,3 @@
+from .configuration_imle_student import ImleStudentConfig
+
+__all__ = ["ImleStudentConfig"]

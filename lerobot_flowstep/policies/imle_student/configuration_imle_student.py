@@ -1,0 +1,105 @@
+"""Configuration of the one-step IMLE student."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from lerobot.configs import PreTrainedConfig
+
+from ...flow_matching import SOLVERS
+from ..config_base import FlowstepBaseConfig
+
+OBJECTIVES = ("imle", "regression")
+# What the student copies from its teacher, so that both see the same observations, predict the same
+# chunks and share one normalization.
+INHERITED_FIELDS = (
+    "n_obs_steps",
+    "horizon",
+    "n_action_steps",
+    "drop_n_last_frames",
+    "normalization_mapping",
+    "encoder",
+    "network",
+    "pointcloud",
+)
+
+
+def load_teacher_config(teacher_path: str) -> PreTrainedConfig:
+    """The teacher's saved config (a local checkpoint folder or a Hub repo id, offline from the cache)."""
+    try:
+        config = PreTrainedConfig.from_pretrained(teacher_path)
+    except Exception as err:
+        raise FileNotFoundError(
+            f"Cannot read the teacher checkpoint '{teacher_path}' (teacher_path): {err}. Give a folder "
+            "holding config.json and model.safetensors (e.g. .../checkpoints/last/pretrained_model) or a "
+            "Hub repo id present in the local cache."
+        ) from err
+    if config.type != "flowstep_teacher":
+        raise ValueError(f"teacher_path '{teacher_path}' holds a '{config.type}' policy, not a flowstep_teacher.")
+    return config
+
+
+@PreTrainedConfig.register_subclass("imle_student")
+@dataclass
+class ImleStudentConfig(FlowstepBaseConfig):
+    """One-step generator of action chunks, distilled from a `flowstep_teacher` by set-level IMLE.
+
+    Args:
+    teacher_path: the teacher checkpoint (folder or Hub repo id). Needed to train with the `imle`
+        objective, never at inference.
+    inherit_teacher_config: copy horizon, observation history, encoder, network and point-cloud settings
+        from the teacher (recommended). When false they must already match, or start-up fails.
+    objective: "imle" (distillation) or "regression" (the deterministic L2 baseline: same network, z = 0,
+        trained on the dataset's chunks; needs no teacher).
+    num_teacher_samples, num_student_samples: M and K of the per-observation Chamfer objective.
+    num_candidate_sets: IMLE selection: C sets of K latents per observation, only the best set is trained.
+    coverage_weight, fidelity_weight: weights of the two Chamfer directions.
+    include_dataset_action: add the dataset's own chunk to the teacher samples as one more target.
+    teacher_num_inference_steps, teacher_ode_solver: how teacher samples are drawn for distillation; the
+        student inherits the error of these samples, so they are drawn more accurately than at deployment.
+    teacher_cache_path: samples precomputed by `lerobot-flowstep cache-teacher`, keyed by dataset frame index.
+    init_from_teacher: start the encoder and generator from the teacher's encoder and velocity network
+        (the generator is z + f(z, t=0 | obs), which is exactly the teacher's one-step Euler sampler at
+        initialization).
+    num_inference_candidates: at inference, draw this many latents and keep the chunk most consistent with
+        the previous chunk (smoother receding-horizon control); 1 = a single forward pass.
+    """
+
+    teacher_path: str | None = None
+    inherit_teacher_config: bool = True
+    # Set once the teacher's settings have been copied (and saved with the student), so that loading a
+    # trained student never needs the teacher.
+    teacher_config_inherited: bool = False
+    objective: str = "imle"
+    num_teacher_samples: int = 16
+    num_student_samples: int = 16
+    num_candidate_sets: int = 1
+    coverage_weight: float = 1.0
+    fidelity_weight: float = 1.0
+    include_dataset_action: bool = True
+    teacher_num_inference_steps: int = 10
+    teacher_ode_solver: str = "heun"
+    teacher_cache_path: str | None = None
+    init_from_teacher: bool = True
+    num_inference_candidates: int = 1
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got '{self.objective}'.")
+        if self.teacher_ode_solver not in SOLVERS:
+            raise ValueError(f"teacher_ode_solver must be one of {SOLVERS}, got '{self.teacher_ode_solver}'.")
+        for name in ("num_teacher_samples", "num_student_samples", "num_candidate_sets", "num_inference_candidates"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.objective == "imle" and not self.teacher_path:
+            raise ValueError(
+                "The imle objective distils a teacher: set --policy.teacher_path=<teacher checkpoint folder or "
+                "repo id> (or --policy.objective=regression for the teacher-free baseline)."
+            )
+        if self.teacher_path and self.inherit_teacher_config and not self.teacher_config_inherited:
+            teacher = load_teacher_config(self.teacher_path)
+            for name in INHERITED_FIELDS:
+                setattr(self, name, copy.deepcopy(getattr(teacher, name)))
+            self.teacher_config_inherited = True
+        super().__post_init__()

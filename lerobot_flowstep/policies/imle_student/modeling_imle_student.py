@@ -1,0 +1,171 @@
+"""The one-step IMLE student policy."""
+
+from __future__ import annotations
+
+import torch
+from lerobot.utils.constants import ACTION
+from torch import Tensor
+
+from ...imle import imle_chamfer_objective
+from ...networks import make_chunk_network
+from ...teacher_cache import TeacherCache
+from ..flowstep_teacher.modeling_flowstep_teacher import FlowstepTeacherPolicy
+from ..policy_base import FlowstepBasePolicy
+from .configuration_imle_student import ImleStudentConfig, load_teacher_config
+
+
+def check_teacher_compatibility(student: ImleStudentConfig, teacher) -> None:
+    """Fail at start-up, naming both sides, when the teacher's samples could not be the student's targets."""
+    problems = []
+    if teacher.action_feature is not None and student.action_feature is not None:
+        if tuple(teacher.action_feature.shape) != tuple(student.action_feature.shape):
+            problems.append(
+                f"action shape: teacher {tuple(teacher.action_feature.shape)} vs student/dataset "
+                f"{tuple(student.action_feature.shape)}"
+            )
+    for name in ("horizon", "n_obs_steps"):
+        if getattr(teacher, name) != getattr(student, name):
+            problems.append(f"{name}: teacher {getattr(teacher, name)} vs student {getattr(student, name)}")
+    teacher_inputs = {k: tuple(v.shape) for k, v in teacher.input_features.items()}
+    student_inputs = {k: tuple(v.shape) for k, v in student.input_features.items()}
+    if teacher_inputs != student_inputs:
+        problems.append(f"input features: teacher {teacher_inputs} vs student/dataset {student_inputs}")
+    if problems:
+        raise ValueError(
+            f"The teacher '{student.teacher_path}' does not match this student:\n  " + "\n  ".join(problems)
+        )
+
+
+class ImleStudentPolicy(FlowstepBasePolicy):
+    """Action chunks in one forward pass: a = z + f(z, t=0 | obs), z ~ N(0, I).
+
+    Trained by set-level IMLE: per observation, K student chunks from distinct latents are pulled onto M
+    teacher chunks (and the dataset chunk) by a bi-directional Chamfer loss, so every mode of the teacher
+    keeps a student sample. The frozen teacher is loaded only for training, is not a submodule, and is
+    therefore neither optimized nor saved with the student.
+    """
+
+    config_class = ImleStudentConfig
+    name = "imle_student"
+
+    def __init__(self, config: ImleStudentConfig, **kwargs):
+        super().__init__(config, **kwargs)
+        self.generator = make_chunk_network(config.network, config.horizon, config.action_dim, self.encoder.cond_dim)
+        # Saved with the weights, so that resuming or fine-tuning never re-copies the teacher's weights.
+        self.register_buffer("initialized_from_teacher", torch.tensor(False))
+        self._teacher_holder: list[FlowstepTeacherPolicy] = []
+        self._cache_holder: list[TeacherCache] = []
+        if config.objective == "imle" and config.teacher_path:
+            try:
+                teacher_config = load_teacher_config(config.teacher_path)
+            except FileNotFoundError:
+                # A trained student is deployed without its teacher; training will say so if it is needed.
+                teacher_config = None
+            if teacher_config is not None:
+                check_teacher_compatibility(config, teacher_config)
+
+    def get_optim_params(self):
+        return self.parameters()
+
+    # --- the teacher, loaded on first use -------------------------------------------------------
+
+    @property
+    def teacher(self) -> FlowstepTeacherPolicy:
+        if not self._teacher_holder:
+            teacher = FlowstepTeacherPolicy.from_pretrained(self.config.teacher_path)
+            check_teacher_compatibility(self.config, teacher.config)
+            teacher.requires_grad_(False)
+            self._teacher_holder.append(teacher.eval())
+        device = self.initialized_from_teacher.device
+        return self._teacher_holder[0].to(device)
+
+    @property
+    def teacher_cache(self) -> TeacherCache | None:
+        if self.config.teacher_cache_path and not self._cache_holder:
+            self._cache_holder.append(TeacherCache(self.config.teacher_cache_path))
+        return self._cache_holder[0] if self._cache_holder else None
+
+    def initialize_from_teacher(self) -> None:
+        """Copy the teacher's encoder and velocity network: the student starts as one-step Euler CFM."""
+        self.encoder.load_state_dict(self.teacher.encoder.state_dict())
+        self.generator.load_state_dict(self.teacher.velocity.state_dict())
+        self.initialized_from_teacher.fill_(True)
+
+    # --- generation -----------------------------------------------------------------------------
+
+    def sample_noise(self, n: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
+        if self.config.objective == "regression":
+            return torch.zeros(n, self.config.horizon, self.config.action_dim, device=device)
+        return super().sample_noise(n, device, generator)
+
+    def generate(self, cond: Tensor, noise: Tensor) -> Tensor:
+        t0 = torch.zeros(noise.shape[0], device=noise.device, dtype=noise.dtype)
+        return noise + self.generator(noise, t0, cond)
+
+    @torch.no_grad()
+    def predict_action_chunk(self, batch: dict[str, Tensor], noise: Tensor | None = None) -> Tensor:
+        candidates = self.config.num_inference_candidates
+        if candidates == 1 or noise is not None or self._last_chunk is None:
+            return super().predict_action_chunk(batch, noise)
+        # Keep the candidate that agrees best with what the previous chunk planned for the same steps.
+        samples = self.sample(batch, num_samples=candidates)  # (B, L, H, A)
+        shift = self.config.n_action_steps
+        overlap = self.config.horizon - shift
+        previous = self._last_chunk[:, None, shift:]
+        disagreement = ((samples[:, :, :overlap] - previous) ** 2).mean(dim=(-1, -2))
+        best = disagreement.argmin(dim=1)
+        return samples[torch.arange(samples.shape[0], device=samples.device), best]
+
+    # --- training -------------------------------------------------------------------------------
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
+        actions = batch[ACTION]
+        mask = ~batch["action_is_pad"] if "action_is_pad" in batch else None
+        if self.config.objective == "regression":
+            prediction = self.predict_chunk_with_grad(batch)
+            error = ((prediction - actions) ** 2).mean(-1)
+            loss = error.mean() if mask is None else (error * mask).sum() / mask.sum().clamp(min=1)
+            return loss, {"l2_loss": loss.item()}
+
+        if self.config.init_from_teacher and self.training and not bool(self.initialized_from_teacher):
+            self.initialize_from_teacher()
+        targets = self.teacher_targets(batch)
+        if self.config.include_dataset_action:
+            targets = torch.cat([targets, actions[:, None].to(targets.dtype)], dim=1)
+
+        cond = self.encode(batch)
+        b = cond.shape[0]
+        c, k = self.config.num_candidate_sets, self.config.num_student_samples
+        # One independent latent per candidate sample: distinct latents are what spread the samples.
+        noise = self.sample_noise(b * c * k, cond.device).to(cond.dtype)
+        candidates = self.generate(cond.repeat_interleave(c * k, dim=0), noise)
+        candidates = candidates.reshape(b, c, k, self.config.horizon, -1)
+        loss, info = imle_chamfer_objective(
+            targets, candidates, mask, self.config.coverage_weight, self.config.fidelity_weight
+        )
+        return loss, info
+
+    def predict_chunk_with_grad(self, batch: dict[str, Tensor]) -> Tensor:
+        cond = self.encode(batch)
+        return self.generate(cond, self.sample_noise(cond.shape[0], cond.device).to(cond.dtype))
+
+    @torch.no_grad()
+    def teacher_targets(self, batch: dict[str, Tensor]) -> Tensor:
+        """M teacher chunks per observation (B, M, H, A): from the cache when configured, else sampled."""
+        cache = self.teacher_cache
+        if cache is not None:
+            if "index" not in batch:
+                raise KeyError("teacher_cache_path is set but the batch has no 'index' (dataset frame index).")
+            samples = cache.lookup(batch["index"]).to(batch[ACTION].device)
+            m = self.config.num_teacher_samples
+            if samples.shape[1] < m:
+                raise ValueError(
+                    f"The teacher cache holds {samples.shape[1]} samples per frame, fewer than num_teacher_samples={m}."
+                )
+            return samples[:, :m]
+        return self.teacher.sample(
+            batch,
+            self.config.num_teacher_samples,
+            num_steps=self.config.teacher_num_inference_steps,
+            solver=self.config.teacher_ode_solver,
+        )

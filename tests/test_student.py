@@ -1,0 +1,158 @@
+"""The IMLE student in process: teacher handling, latents, gradients, saving, the cache and bad input."""
+
+import pytest
+import torch
+from conftest import ACTION_FEATURES
+from lerobot.configs import FeatureType, PolicyFeature
+from lerobot.policies.factory import get_policy_class
+from safetensors import safe_open
+
+from lerobot_flowstep.policies.flowstep_teacher.configuration_flowstep_teacher import FlowstepTeacherConfig
+from lerobot_flowstep.policies.flowstep_teacher.modeling_flowstep_teacher import FlowstepTeacherPolicy
+from lerobot_flowstep.policies.imle_student.configuration_imle_student import ImleStudentConfig
+from lerobot_flowstep.policies.imle_student.modeling_imle_student import ImleStudentPolicy
+from lerobot_flowstep.teacher_cache import TeacherCache, sample_teacher, write_teacher_cache
+
+FEATURES = {
+    "observation.state": PolicyFeature(FeatureType.STATE, (2,)),
+    "observation.environment_state": PolicyFeature(FeatureType.ENV, (4,)),
+}
+
+
+def _features():
+    return {k: PolicyFeature(v.type, v.shape) for k, v in FEATURES.items()}
+
+
+@pytest.fixture
+def teacher_dir(tmp_path):
+    cfg = FlowstepTeacherConfig(
+        device="cpu", input_features=_features(), output_features=dict(ACTION_FEATURES), horizon=8, n_action_steps=4
+    )
+    cfg.network.hidden_dim = 32
+    cfg.network.num_blocks = 1
+    torch.manual_seed(0)
+    FlowstepTeacherPolicy(cfg).save_pretrained(tmp_path / "teacher")
+    return tmp_path / "teacher"
+
+
+def _student(teacher_dir, **kwargs):
+    cfg = ImleStudentConfig(
+        device="cpu",
+        teacher_path=str(teacher_dir),
+        input_features=_features(),
+        output_features=dict(ACTION_FEATURES),
+        num_teacher_samples=3,
+        num_student_samples=4,
+        **kwargs,
+    )
+    return ImleStudentPolicy(cfg)
+
+
+def _batch(b=5, horizon=8):
+    g = torch.Generator().manual_seed(0)
+    return {
+        "observation.state": torch.randn(b, 2, 2, generator=g),
+        "observation.environment_state": torch.randn(b, 2, 4, generator=g),
+        "action": torch.randn(b, horizon, 2, generator=g),
+        "action_is_pad": torch.zeros(b, horizon, dtype=torch.bool),
+        "index": torch.arange(b),
+    }
+
+
+def test_student_is_registered_and_inherits_the_teacher_architecture(teacher_dir):
+    assert get_policy_class("imle_student") is ImleStudentPolicy
+    student = _student(teacher_dir)
+    assert student.config.horizon == 8 and student.config.n_action_steps == 4  # teacher's, not the defaults
+    assert student.config.network.hidden_dim == 32
+    assert student.config.teacher_config_inherited
+
+
+def test_gradients_reach_only_the_student_and_the_teacher_is_not_saved(teacher_dir, tmp_path):
+    student = _student(teacher_dir).train()
+    teacher_before = {k: v.clone() for k, v in student.teacher.state_dict().items()}
+    optimizer = torch.optim.SGD(student.get_optim_params(), lr=0.1)
+    loss, info = student.forward(_batch())
+    loss.backward()
+    assert {"chamfer_loss", "coverage", "fidelity"} <= set(info)
+    assert all(p.grad is None and not p.requires_grad for p in student.teacher.parameters())
+    assert student.generator.inp.weight.grad.abs().sum() > 0
+    optimizer.step()
+    assert all(torch.equal(v, student.teacher.state_dict()[k]) for k, v in teacher_before.items())
+    assert not any(p is q for p in student.parameters() for q in student.teacher.parameters())
+
+    student.save_pretrained(tmp_path / "student")
+    with safe_open(str(tmp_path / "student" / "model.safetensors"), framework="pt") as f:
+        keys = set(f.keys())
+    assert keys == set(student.state_dict())
+    assert not any(k.startswith(("teacher", "_teacher", "velocity")) for k in keys)
+    # A trained student loads and acts with its teacher gone.
+    for path in teacher_dir.iterdir():
+        path.unlink()
+    loaded = ImleStudentPolicy.from_pretrained(tmp_path / "student", strict=True)
+    assert loaded.predict_action_chunk(_batch(2)).shape == (2, 8, 2)
+
+
+def test_candidates_get_distinct_latents(teacher_dir):
+    student = _student(teacher_dir, num_candidate_sets=3).train()
+    seen = []
+    original = student.generate
+    student.generate = lambda cond, noise: seen.append(noise) or original(cond, noise)
+    student.forward(_batch(b=5))
+    noise = seen[-1]
+    assert noise.shape == (5 * 3 * 4, 8, 2)
+    assert len({tuple(row.flatten().tolist()) for row in noise}) == noise.shape[0]
+
+
+def test_student_starts_as_the_teachers_one_step_euler_sampler(teacher_dir):
+    student = _student(teacher_dir).train()
+    student.initialize_from_teacher()
+    batch = _batch()
+    cond = student.encode(batch)
+    z = torch.randn(5, 8, 2)
+    expected = student.teacher.generate(student.teacher.encode(batch), z, num_steps=1, solver="euler")
+    assert torch.allclose(student.generate(cond, z), expected, atol=1e-6)
+
+
+def test_teacher_cache_replaces_online_sampling(teacher_dir, tmp_path):
+    teacher = FlowstepTeacherPolicy.from_pretrained(teacher_dir)
+    batch = _batch()
+    samples, index = sample_teacher(teacher, [batch], num_samples=3, num_steps=2, solver="heun")
+    cache_file = write_teacher_cache(samples, index + 10, tmp_path / "cache.safetensors", {"note": "test"})
+    student = _student(teacher_dir, teacher_cache_path=str(cache_file)).train()
+    student._teacher_holder.append(None)  # any online sampling would now fail loudly
+    student.initialize_from_teacher = lambda: None
+    shifted = {**batch, "index": batch["index"] + 10}
+    assert torch.equal(student.teacher_targets(shifted), samples)
+    student.forward(shifted)[0].backward()
+    with pytest.raises(KeyError, match="not in the teacher cache"):
+        TeacherCache(cache_file).lookup(torch.tensor([0, 99]))
+
+
+def test_mismatched_teacher_fails_at_start_up_naming_both(teacher_dir):
+    with pytest.raises(ValueError, match=r"action shape: teacher \(2,\) vs student/dataset \(3,\)"):
+        ImleStudentPolicy(
+            ImleStudentConfig(
+                device="cpu",
+                teacher_path=str(teacher_dir),
+                input_features=_features(),
+                output_features={"action": PolicyFeature(FeatureType.ACTION, (3,))},
+            )
+        )
+    with pytest.raises(ValueError, match="horizon: teacher 8 vs student 16"):
+        _student(teacher_dir, inherit_teacher_config=False)
+    with pytest.raises(FileNotFoundError, match="no_such_teacher"):
+        ImleStudentConfig(device="cpu", teacher_path="/tmp/no_such_teacher")
+    with pytest.raises(ValueError, match="teacher_path"):
+        ImleStudentConfig(device="cpu")
+
+
+def test_regression_baseline_needs_no_teacher_and_is_deterministic():
+    cfg = ImleStudentConfig(
+        device="cpu", objective="regression", input_features=_features(), output_features=dict(ACTION_FEATURES)
+    )
+    policy = ImleStudentPolicy(cfg)
+    loss, info = policy.forward(_batch(horizon=16))
+    loss.backward()
+    assert "l2_loss" in info
+    batch = _batch(horizon=16)
+    assert torch.equal(policy.predict_action_chunk(batch), policy.predict_action_chunk(batch))
