@@ -6,6 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from .converters.rlbench_cli import add_convert_rlbench_parser
+from .converters.zarr_cli import add_convert_zarr_parser
+from .flow_matching import SOLVERS
+
 
 def _generate(args: argparse.Namespace) -> None:
     from .datasets.obstacle_dataset import generate_obstacle_dataset
@@ -32,10 +36,56 @@ def _demo(args: argparse.Namespace) -> None:
             num_modes=args.num_modes,
             num_episodes=args.episodes,
             teacher_steps=args.teacher_steps,
+            student_steps=args.student_steps,
+            regression_steps=args.regression_steps,
             eval_episodes=args.eval_episodes,
             seed=args.seed,
+            threads=args.threads,
         )
     )
+
+
+def _cache_teacher(args: argparse.Namespace) -> None:
+    from .teacher_cache import build_teacher_cache
+
+    path = build_teacher_cache(
+        args.teacher_path,
+        args.dataset_repo_id,
+        Path(args.dataset_root),
+        Path(args.output),
+        num_samples=args.num_samples,
+        num_steps=args.num_steps,
+        solver=args.solver,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+    )
+    print(f"Wrote {path}; train with --policy.teacher_cache_path={path}")
+
+
+def _diagnose(args: argparse.Namespace) -> None:
+    import json
+
+    from .diagnostics import held_out_chamfer, rollout_mode_report
+
+    report: dict = {}
+    if args.dataset_repo_id:
+        episodes = [int(e) for e in args.episodes.split(",")]
+        report["chamfer_vs_teacher"] = held_out_chamfer(
+            args.policy_path, args.teacher_path, args.dataset_repo_id, args.dataset_root, episodes,
+            args.num_frames, args.num_samples, args.teacher_num_steps, args.teacher_solver, args.seed,
+        )  # fmt: skip
+    if args.rollouts:
+        from .demo import load_checkpoint
+
+        policy, pre, post = load_checkpoint(Path(args.policy_path))
+        stats, _ = rollout_mode_report(policy, pre, post, args.num_modes, args.rollouts, args.seed + 100_000)
+        report["embedded_task_rollouts"] = stats.as_dict()
+    if not report:
+        raise ValueError("Nothing to do: give --dataset-repo-id (sample diagnostics) and/or --rollouts N.")
+    print(json.dumps(report, indent=2))
+    if args.output:
+        Path(args.output).write_text(json.dumps(report, indent=2))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,13 +103,52 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--overwrite", action="store_true")
     gen.set_defaults(func=_generate)
 
-    demo = sub.add_parser("demo", help="dataset -> lerobot-train -> lerobot-eval on the embedded task")
+    convert = sub.add_parser("convert", help="third-party demonstrations -> LeRobotDataset v3")
+    convert_sub = convert.add_subparsers(dest="format", required=True)
+    add_convert_rlbench_parser(convert_sub)
+    add_convert_zarr_parser(convert_sub)
+
+    cache = sub.add_parser("cache-teacher", help="draw teacher samples once per dataset frame for distillation")
+    cache.add_argument("--teacher-path", required=True)
+    cache.add_argument("--dataset-repo-id", required=True)
+    cache.add_argument("--dataset-root", required=True)
+    cache.add_argument("--output", required=True, help="a .safetensors file to create")
+    cache.add_argument("--num-samples", type=int, default=16)
+    cache.add_argument("--num-steps", type=int, default=20)
+    cache.add_argument("--solver", default="heun", choices=SOLVERS)
+    cache.add_argument("--batch-size", type=int, default=256)
+    cache.add_argument("--device", default="cpu")
+    cache.add_argument("--seed", type=int, default=0)
+    cache.set_defaults(func=_cache_teacher)
+
+    diag = sub.add_parser("diagnose", help="Chamfer coverage/fidelity against the teacher; modes on the embedded task")
+    diag.add_argument("--policy-path", required=True)
+    diag.add_argument("--teacher-path", help="teacher checkpoint the samples are compared with")
+    diag.add_argument("--dataset-repo-id")
+    diag.add_argument("--dataset-root")
+    diag.add_argument("--episodes", default="0", help="comma-separated held-out episode indices")
+    diag.add_argument("--num-frames", type=int, default=128)
+    diag.add_argument("--num-samples", type=int, default=32)
+    diag.add_argument("--teacher-num-steps", type=int)
+    diag.add_argument("--teacher-solver", choices=SOLVERS)
+    diag.add_argument("--rollouts", type=int, default=0, help="episodes on the embedded flowstep_obstacle task")
+    diag.add_argument("--num-modes", type=int, default=2, choices=(2, 4))
+    diag.add_argument("--seed", type=int, default=0)
+    diag.add_argument("--output", help="also write the JSON report here")
+    diag.set_defaults(func=_diagnose)
+
+    demo = sub.add_parser(
+        "demo", help="the whole method on the embedded task: data, teacher, student, baselines, table, picture"
+    )
     demo.add_argument("--output-dir", default="outputs/demo")
     demo.add_argument("--num-modes", type=int, default=2, choices=(2, 4))
     demo.add_argument("--episodes", type=int, default=200)
     demo.add_argument("--teacher-steps", type=int, default=2000)
-    demo.add_argument("--eval-episodes", type=int, default=50)
+    demo.add_argument("--student-steps", type=int, default=1500)
+    demo.add_argument("--regression-steps", type=int, default=1000)
+    demo.add_argument("--eval-episodes", type=int, default=200)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     demo.set_defaults(func=_demo)
     return parser
 
@@ -68,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (FileExistsError, FileNotFoundError, ValueError, RuntimeError) as err:
+    except (FileExistsError, FileNotFoundError, KeyError, ValueError, RuntimeError) as err:
         print(f"lerobot-flowstep {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

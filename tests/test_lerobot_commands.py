@@ -3,38 +3,74 @@
 import json
 
 import pytest
+from safetensors import safe_open
 
 from lerobot_flowstep.datasets.obstacle_dataset import generate_obstacle_dataset
 from lerobot_flowstep.lerobot_commands import eval_args, last_checkpoint, lerobot_eval, lerobot_train, train_args
 
 REPO_ID = "local/flowstep_obstacle_test"
+SMALL = ["--policy.horizon=8", "--policy.n_action_steps=4", "--policy.network.hidden_dim=64"]
 
 
-def _train_and_eval(tmp_path, data_root, extra_train, extra_eval, episodes=2):
-    train_dir = tmp_path / "train"
+def _train(tmp_path, name, policy_type, data_root, extra):
+    train_dir = tmp_path / name
     lerobot_train(
-        [*train_args("flowstep_teacher", REPO_ID, data_root, train_dir, steps=4, batch_size=8), *extra_train],
-        tmp_path / "train.log",
+        [*train_args(policy_type, REPO_ID, data_root, train_dir, steps=4, batch_size=8), *extra],
+        tmp_path / f"{name}.log",
         total_steps=4,
     )
     checkpoint = last_checkpoint(train_dir)
     assert {"config.json", "model.safetensors", "policy_preprocessor.json"} <= {p.name for p in checkpoint.iterdir()}
+    return checkpoint
+
+
+def _eval(tmp_path, name, checkpoint, extra=(), episodes=2):
     info = lerobot_eval(
-        [*eval_args(checkpoint, "flowstep_obstacle", episodes, 2, seed=123), *extra_eval],
-        tmp_path / "eval",
-        tmp_path / "eval.log",
+        [*eval_args(checkpoint, "flowstep_obstacle", episodes, 2, seed=123), *extra],
+        tmp_path / f"eval_{name}",
+        tmp_path / f"eval_{name}.log",
     )
     assert info["overall"]["n_episodes"] == episodes
-    return checkpoint, info
+    return info
+
+
+@pytest.fixture(scope="module")
+def state_teacher(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("state")
+    data = generate_obstacle_dataset(tmp_path / "data", repo_id=REPO_ID, num_episodes=6, seed=0)
+    return tmp_path, data, _train(tmp_path, "teacher", "flowstep_teacher", data, SMALL)
 
 
 @pytest.mark.slow
-def test_state_only_teacher_trains_and_evaluates_through_lerobot(tmp_path):
-    data = generate_obstacle_dataset(tmp_path / "data", repo_id=REPO_ID, num_episodes=6, seed=0)
-    checkpoint, _ = _train_and_eval(tmp_path, data, ["--policy.horizon=8", "--policy.n_action_steps=4"], [])
+def test_state_only_teacher_evaluates_through_lerobot(state_teacher):
+    tmp_path, _, checkpoint = state_teacher
     config = json.loads((checkpoint / "config.json").read_text())
     assert config["type"] == "flowstep_teacher"
     assert set(config["input_features"]) == {"observation.state", "observation.environment_state"}
+    _eval(tmp_path, "teacher", checkpoint)
+
+
+@pytest.mark.slow
+def test_student_distils_from_a_teacher_checkpoint_and_evaluates_through_lerobot(state_teacher):
+    tmp_path, data, teacher = state_teacher
+    student = _train(
+        tmp_path,
+        "student",
+        "imle_student",
+        data,
+        [
+            f"--policy.teacher_path={teacher}",
+            "--policy.num_teacher_samples=3",
+            "--policy.num_student_samples=4",
+            "--policy.teacher_num_inference_steps=2",
+        ],
+    )
+    config = json.loads((student / "config.json").read_text())
+    assert config["type"] == "imle_student" and config["teacher_path"] == str(teacher)
+    assert config["horizon"] == 8  # inherited from the teacher
+    with safe_open(str(student / "model.safetensors"), framework="pt") as f:
+        assert all(k.startswith(("encoder.", "generator.", "initialized_from_teacher")) for k in f.keys())  # noqa: SIM118
+    _eval(tmp_path, "student", student)
 
 
 @pytest.mark.slow
@@ -42,19 +78,19 @@ def test_camera_teacher_with_point_clouds_trains_and_evaluates_through_lerobot(t
     data = generate_obstacle_dataset(
         tmp_path / "data", repo_id=REPO_ID, num_episodes=3, camera=True, image_size=32, seed=0
     )
-    checkpoint, _ = _train_and_eval(
+    checkpoint = _train(
         tmp_path,
+        "teacher",
+        "flowstep_teacher",
         data,
         [
-            "--policy.horizon=8",
-            "--policy.n_action_steps=4",
+            *SMALL,
             "--policy.encoder.vision_backbone=conv",
             "--policy.pointcloud.cameras=[top]",
             "--policy.pointcloud.num_points=64",
             "--policy.pointcloud.bounds_low=[-1.2,-1.2,-0.05]",
             "--policy.pointcloud.bounds_high=[1.2,1.2,0.5]",
         ],
-        ["--env.camera=true", "--env.image_size=32"],
     )
     pre = json.loads((checkpoint / "policy_preprocessor.json").read_text())
     step = next(s for s in pre["steps"] if s.get("registry_name") == "flowstep_pointcloud")
@@ -62,3 +98,4 @@ def test_camera_teacher_with_point_clouds_trains_and_evaluates_through_lerobot(t
     config = json.loads((checkpoint / "config.json").read_text())
     assert config["input_features"]["observation.pointcloud"]["shape"] == [64, 3]
     assert "observation.images.top" in config["input_features"]
+    _eval(tmp_path, "camera", checkpoint, ["--env.camera=true", "--env.image_size=32"])

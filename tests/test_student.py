@@ -156,3 +156,18 @@ def test_regression_baseline_needs_no_teacher_and_is_deterministic():
     assert "l2_loss" in info
     batch = _batch(horizon=16)
     assert torch.equal(policy.predict_action_chunk(batch), policy.predict_action_chunk(batch))
+
+
+def test_candidate_selection_prefers_consistency_then_density():
+    from lerobot_flowstep.policies.imle_student.modeling_imle_student import select_candidate
+
+    horizon, shift = 6, 2
+    left, right = torch.full((horizon, 1), -1.0), torch.full((horizon, 1), 1.0)
+    between = torch.zeros(horizon, 1)
+    # Without a previous chunk, the lone sample between the modes is never chosen.
+    samples = torch.stack([between, left, left + 0.01, right, right - 0.01, left - 0.01, right + 0.02, between + 0.3])
+    assert select_candidate(samples[None], None, shift).item() not in (0, 7)
+    # With one, the candidate continuing the previous plan wins, even against a denser cluster.
+    previous = torch.cat([torch.zeros(shift, 1), right[: horizon - shift]])[None]
+    choice = select_candidate(samples[None], previous, shift).item()
+    assert samples[choice].mean() > 0.5

@@ -9,6 +9,7 @@ from gymnasium.envs.registration import register, registry
 from .configs import ObstacleEnvConfig
 from .expert import ScriptedExpert, classify_trajectory, plan_path
 from .obstacle import ObstacleLayout, ObstacleReachEnv, ObstacleRenderer
+from .rlbench import RLBenchEnvConfig  # noqa: F401  (registers the `rlbench` env type and its gym id)
 
 OBSTACLE_REACH_ID = "flowstep/ObstacleReach-v0"
 

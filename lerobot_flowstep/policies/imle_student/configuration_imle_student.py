@@ -62,8 +62,9 @@ class ImleStudentConfig(FlowstepBaseConfig):
     init_from_teacher: start the encoder and generator from the teacher's encoder and velocity network
         (the generator is z + f(z, t=0 | obs), which is exactly the teacher's one-step Euler sampler at
         initialization).
-    num_inference_candidates: at inference, draw this many latents and keep the chunk most consistent with
-        the previous chunk (smoother receding-horizon control); 1 = a single forward pass.
+    num_inference_candidates: at inference, draw this many latents in one batched forward pass and keep the
+        chunk most consistent with the previous chunk (smoother receding-horizon control), or, for the first
+        chunk of an episode, the one in the densest region of the candidates; 1 = a single sample.
     """
 
     teacher_path: str | None = None
@@ -82,7 +83,7 @@ class ImleStudentConfig(FlowstepBaseConfig):
     teacher_ode_solver: str = "heun"
     teacher_cache_path: str | None = None
     init_from_teacher: bool = True
-    num_inference_candidates: int = 1
+    num_inference_candidates: int = 8
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:

@@ -6,7 +6,7 @@ import torch
 from lerobot.utils.constants import ACTION
 from torch import Tensor
 
-from ...imle import imle_chamfer_objective
+from ...imle import imle_chamfer_objective, trajectory_distances
 from ...networks import make_chunk_network
 from ...teacher_cache import TeacherCache
 from ..flowstep_teacher.modeling_flowstep_teacher import FlowstepTeacherPolicy
@@ -34,6 +34,24 @@ def check_teacher_compatibility(student: ImleStudentConfig, teacher) -> None:
         raise ValueError(
             f"The teacher '{student.teacher_path}' does not match this student:\n  " + "\n  ".join(problems)
         )
+
+
+def select_candidate(samples: Tensor, previous: Tensor | None, shift: int) -> Tensor:
+    """Index (B,) of the candidate chunk to execute among samples (B, L, H, A).
+
+    With a previous chunk: the candidate that agrees best with what the previous chunk planned for the same
+    steps (the previous chunk shifted by the `shift` executed actions), as IMLE Policy does, so that
+    re-planning does not switch modes. Without one (first step of an episode): the candidate in the densest
+    region of the candidates, the smallest mean distance to its nearest quarter of the others, so that a
+    rare sample between modes is not executed; which mode is chosen stays random.
+    """
+    if previous is not None:
+        overlap = samples.shape[2] - shift
+        return ((samples[:, :, :overlap] - previous[:, None, shift:]) ** 2).mean(dim=(-1, -2)).argmin(dim=1)
+    distances = trajectory_distances(samples, samples)  # (B, L, L), zero on the diagonal
+    k = max(1, samples.shape[1] // 4)
+    nearest = distances.sort(dim=-1).values[..., 1 : k + 1]
+    return nearest.mean(dim=-1).argmin(dim=1)
 
 
 class ImleStudentPolicy(FlowstepBasePolicy):
@@ -105,15 +123,11 @@ class ImleStudentPolicy(FlowstepBasePolicy):
     @torch.no_grad()
     def predict_action_chunk(self, batch: dict[str, Tensor], noise: Tensor | None = None) -> Tensor:
         candidates = self.config.num_inference_candidates
-        if candidates == 1 or noise is not None or self._last_chunk is None:
+        # The regression baseline is deterministic: its candidates would all be the same chunk.
+        if candidates == 1 or noise is not None or self.config.objective == "regression":
             return super().predict_action_chunk(batch, noise)
-        # Keep the candidate that agrees best with what the previous chunk planned for the same steps.
-        samples = self.sample(batch, num_samples=candidates)  # (B, L, H, A)
-        shift = self.config.n_action_steps
-        overlap = self.config.horizon - shift
-        previous = self._last_chunk[:, None, shift:]
-        disagreement = ((samples[:, :, :overlap] - previous) ** 2).mean(dim=(-1, -2))
-        best = disagreement.argmin(dim=1)
+        samples = self.sample(batch, num_samples=candidates)  # (B, L, H, A), one batched forward pass
+        best = select_candidate(samples, self._last_chunk, self.config.n_action_steps)
         return samples[torch.arange(samples.shape[0], device=samples.device), best]
 
     # --- training -------------------------------------------------------------------------------
