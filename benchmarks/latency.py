@@ -111,8 +111,10 @@ def run(args: argparse.Namespace) -> list[dict]:
                 lambda s=student, c=cond, z=z, t=t0: s.generator(z, t, c), **timing()), 1)  # fmt: skip
             add(f"student ({label}), encoder + generator", measure_latency(
                 lambda s=student, z=z: s.generate(s.encoder(batch), z), **timing()), 1)  # fmt: skip
-            add(f"student ({label}), predict_action_chunk", measure_latency(
-                lambda s=student: s.predict_action_chunk(batch), **timing()), 1)  # fmt: skip
+            for candidates in (1, args.candidates):
+                student.config.num_inference_candidates = candidates
+                add(f"student ({label}), predict_action_chunk, {candidates} cand.", measure_latency(
+                    lambda s=student: s.predict_action_chunk(batch), **timing()), 1)  # fmt: skip
             for steps in (10, 50):
                 teacher.config.num_inference_steps = steps
                 add(f"teacher ({label}), {steps} Euler steps", measure_latency(
@@ -130,6 +132,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--candidates", type=int, default=8, help="student candidates drawn in one batched pass")
     parser.add_argument("--teacher-path")
     parser.add_argument("--student-path")
     parser.add_argument("--output", help="write the rows as JSON here")

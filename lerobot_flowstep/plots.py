@@ -35,7 +35,7 @@ def plot_trajectories(
         ax.set_yticks([])
         ax.set_title(name + (f"\n{subtitles[name]}" if subtitles and name in subtitles else ""), fontsize=9)
     fig.suptitle("Closed-loop trajectories (blue: a mode, red: off-manifold / collision)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -23,7 +23,6 @@ from rlbench_fixtures import encode_depth, write_episode, write_pickle, write_ta
 
 from lerobot_flowstep.constants import OBS_POINTCLOUD, depth_key, extrinsics_key, intrinsics_key, rgb_key
 from lerobot_flowstep.converters import rlbench as rlb
-from lerobot_flowstep.converters.rlbench_cli import add_convert_rlbench_parser
 from lerobot_flowstep.converters.rlbench import (
     PointCloudOptions,
     RLBenchDataError,
@@ -33,8 +32,9 @@ from lerobot_flowstep.converters.rlbench import (
     keypoint_discovery,
     load_observations,
 )
+from lerobot_flowstep.converters.rlbench_cli import add_convert_rlbench_parser
 from lerobot_flowstep.geometry import depth_to_world_points, flip_negative_focal, fuse_pointcloud
-from lerobot_flowstep.lerobot_commands import offline_env
+from lerobot_flowstep.lerobot_commands import last_checkpoint, lerobot_train, offline_env, train_args
 from lerobot_flowstep.processor.pointcloud import PointCloudProcessorStep
 
 REPO_ID = "local/rlbench_test"
@@ -648,7 +648,9 @@ def training_dataset(request: pytest.FixtureRequest, tmp_path_factory: pytest.Te
     return REPO_ID, out
 
 
-def test_lerobot_train_teacher_on_converted_demos(training_dataset, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_lerobot_train_teacher_and_student_on_converted_demos(
+    training_dataset, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     repo_id, root = training_dataset
     output_dir = tmp_path_factory.mktemp("train") / "teacher"
     cmd = [
@@ -668,3 +670,18 @@ def test_lerobot_train_teacher_on_converted_demos(training_dataset, tmp_path_fac
     assert config["type"] == "flowstep_teacher" and config["pointcloud"]["cameras"] == ["front", "wrist"]
     assert config["output_features"]["action"]["shape"] == [8]
     assert "step:2" in result.stdout + result.stderr
+
+    # The student distils from that teacher on the same converted data.
+    student_dir = output_dir.parent / "student"
+    lerobot_train(
+        [
+            *train_args("imle_student", repo_id, root, student_dir, steps=2, batch_size=2),
+            f"--policy.teacher_path={checkpoint}",
+            "--policy.num_teacher_samples=2",
+            "--policy.num_student_samples=2",
+            "--policy.teacher_num_inference_steps=1",
+        ],
+        output_dir.parent / "student.log",
+    )
+    student = json.loads((last_checkpoint(student_dir) / "config.json").read_text())
+    assert student["type"] == "imle_student" and student["pointcloud"]["cameras"] == ["front", "wrist"]

@@ -13,6 +13,22 @@ from lerobot_flowstep.constants import depth_key, extrinsics_key, intrinsics_key
 from .obstacle import CAMERA_NAME, ObstacleLayout
 
 
+def add_camera_features(
+    features: dict[str, PolicyFeature], features_map: dict[str, str], camera: str, size: tuple[int, int]
+) -> None:
+    """An env camera's RGB, depth and camera parameters, keyed as the env emits them and mapped to the
+    policy keys of `lerobot_flowstep.constants` (depth and parameters are STATE features, as
+    `dataset_to_policy_features` types their float columns)."""
+    features[f"pixels/{camera}"] = PolicyFeature(type=FeatureType.VISUAL, shape=(*size, 3))
+    features[f"depth.{camera}"] = PolicyFeature(type=FeatureType.STATE, shape=(1, *size))
+    features[f"camera.{camera}.intrinsics"] = PolicyFeature(type=FeatureType.STATE, shape=(3, 3))
+    features[f"camera.{camera}.extrinsics"] = PolicyFeature(type=FeatureType.STATE, shape=(4, 4))
+    features_map[f"pixels/{camera}"] = f"{OBS_IMAGES}.{camera}"
+    features_map[f"depth.{camera}"] = depth_key(camera)
+    features_map[f"camera.{camera}.intrinsics"] = intrinsics_key(camera)
+    features_map[f"camera.{camera}.extrinsics"] = extrinsics_key(camera)
+
+
 @EnvConfig.register_subclass("flowstep_obstacle")
 @dataclass
 class ObstacleEnvConfig(EnvConfig):
@@ -48,15 +64,7 @@ class ObstacleEnvConfig(EnvConfig):
             "environment_state": OBS_ENV_STATE,
         }
         if self.camera:
-            cam = CAMERA_NAME
-            features[f"pixels/{cam}"] = PolicyFeature(type=FeatureType.VISUAL, shape=(*size, 3))
-            features[f"depth.{cam}"] = PolicyFeature(type=FeatureType.STATE, shape=(1, *size))
-            features[f"camera.{cam}.intrinsics"] = PolicyFeature(type=FeatureType.STATE, shape=(3, 3))
-            features[f"camera.{cam}.extrinsics"] = PolicyFeature(type=FeatureType.STATE, shape=(4, 4))
-            features_map[f"pixels/{cam}"] = f"{OBS_IMAGES}.{cam}"
-            features_map[f"depth.{cam}"] = depth_key(cam)
-            features_map[f"camera.{cam}.intrinsics"] = intrinsics_key(cam)
-            features_map[f"camera.{cam}.extrinsics"] = extrinsics_key(cam)
+            add_camera_features(features, features_map, CAMERA_NAME, size)
         # Rebuilt rather than merged so that draccus-parsed or copied configs never keep stale entries.
         self.features = features
         self.features_map = features_map

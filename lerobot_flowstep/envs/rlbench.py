@@ -45,9 +45,9 @@ from gymnasium import spaces
 from gymnasium.envs.registration import register, registry
 from lerobot.configs import FeatureType, PolicyFeature
 from lerobot.envs.configs import EnvConfig
-from lerobot.utils.constants import ACTION, OBS_IMAGES, OBS_STATE
+from lerobot.utils.constants import ACTION, OBS_STATE
 
-from lerobot_flowstep.constants import OBS_POINTCLOUD, depth_key, extrinsics_key, intrinsics_key
+from lerobot_flowstep.constants import OBS_POINTCLOUD
 from lerobot_flowstep.converters.rlbench import (
     DEFAULT_BOUNDS_HIGH,
     DEFAULT_BOUNDS_LOW,
@@ -62,6 +62,7 @@ from lerobot_flowstep.converters.rlbench import (
 )
 from lerobot_flowstep.geometry import camera_rays
 
+from .configs import add_camera_features
 from .obstacle import look_at_extrinsics
 
 RLBENCH_GYM_ID = "flowstep/RLBench-v0"
@@ -578,14 +579,7 @@ class RLBenchEnvConfig(EnvConfig):
         }
         features_map = {ACTION: ACTION, "agent_pos": OBS_STATE}
         for cam in self.cameras:
-            features[f"pixels/{cam}"] = PolicyFeature(type=FeatureType.VISUAL, shape=(*size, 3))
-            features[f"depth.{cam}"] = PolicyFeature(type=FeatureType.STATE, shape=(1, *size))
-            features[f"camera.{cam}.intrinsics"] = PolicyFeature(type=FeatureType.STATE, shape=(3, 3))
-            features[f"camera.{cam}.extrinsics"] = PolicyFeature(type=FeatureType.STATE, shape=(4, 4))
-            features_map[f"pixels/{cam}"] = f"{OBS_IMAGES}.{cam}"
-            features_map[f"depth.{cam}"] = depth_key(cam)
-            features_map[f"camera.{cam}.intrinsics"] = intrinsics_key(cam)
-            features_map[f"camera.{cam}.extrinsics"] = extrinsics_key(cam)
+            add_camera_features(features, features_map, cam, size)
         if self.pointcloud_cameras:
             width = 6 if self.pointcloud_use_rgb else 3
             features["pointcloud"] = PolicyFeature(type=FeatureType.STATE, shape=(self.pointcloud_num_points, width))
