@@ -35,6 +35,7 @@ from tqdm import trange
 from lerobot_flowstep.converters.zarr import convert_zarr
 from lerobot_flowstep.demo import load_checkpoint
 from lerobot_flowstep.latency import measure_latency
+from lerobot_flowstep.networks import NetworkConfig
 from lerobot_flowstep.policies.flowstep_teacher.configuration_flowstep_teacher import FlowstepTeacherConfig
 from lerobot_flowstep.policies.imle_student.configuration_imle_student import ImleStudentConfig
 from lerobot_flowstep.teacher_cache import cache_metadata, sample_teacher, write_teacher_cache
@@ -98,8 +99,11 @@ def main() -> None:
     parser.add_argument("--student-steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3, help="teacher learning rate")
-    parser.add_argument("--diffusion-down-dims", type=int, nargs="+", default=[128, 256, 512])
-    parser.add_argument("--cache-steps", type=int, default=10)
+    parser.add_argument("--diffusion-down-dims", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--hidden-dim", type=int, default=256, help="flowstep MLP width (teacher and student)")
+    parser.add_argument("--num-blocks", type=int, default=3)
+    parser.add_argument("--cache-samples", type=int, default=16)
+    parser.add_argument("--cache-steps", type=int, default=5, help="Heun steps per cached teacher sample")
     parser.add_argument("--eval-episodes", type=int, default=100)
     parser.add_argument("--eval-batch-size", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
@@ -115,7 +119,8 @@ def main() -> None:
         convert_zarr(args.zarr, root, mapping="pusht_keypoints", repo_id=REPO_ID)
     meta = LeRobotDatasetMetadata(REPO_ID, root=root)
 
-    teacher_cfg = FlowstepTeacherConfig(device="cpu", optimizer_lr=args.lr)
+    network = NetworkConfig(hidden_dim=args.hidden_dim, num_blocks=args.num_blocks)
+    teacher_cfg = FlowstepTeacherConfig(device="cpu", optimizer_lr=args.lr, network=network)
     start = time.perf_counter()
     samples = load_samples(REPO_ID, root, teacher_cfg, meta)
     timings["load_samples_s"] = time.perf_counter() - start
@@ -134,17 +139,24 @@ def main() -> None:
         {k: v[i : i + 512] for k, v in processed.items() if isinstance(v, torch.Tensor)}
         for i in trange(0, n, 512, desc="teacher samples", leave=False)
     ]
-    cached, index = sample_teacher(teacher, batches, 16, args.cache_steps, "heun", args.seed)
+    cached, index = sample_teacher(teacher, batches, args.cache_samples, args.cache_steps, "heun", args.seed)
     cache_path = out / "teacher" / "teacher_samples.safetensors"
     cache_path.unlink(missing_ok=True)
     write_teacher_cache(
-        cached, index, cache_path, cache_metadata(teacher, str(teacher_ckpt), 16, args.cache_steps, "heun", args.seed)
+        cached,
+        index,
+        cache_path,
+        cache_metadata(teacher, str(teacher_ckpt), args.cache_samples, args.cache_steps, "heun", args.seed),
     )
     timings["teacher_cache_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
     student_cfg = ImleStudentConfig(
-        device="cpu", teacher_path=str(teacher_ckpt), teacher_cache_path=str(cache_path), optimizer_lr=3e-4
+        device="cpu",
+        teacher_path=str(teacher_ckpt),
+        teacher_cache_path=str(cache_path),
+        num_teacher_samples=args.cache_samples,
+        optimizer_lr=3e-4,
     )
     _, student_ckpt, _ = train_policy_on_dataset(
         student_cfg, REPO_ID, root, out / "student", args.student_steps, args.batch_size, args.seed, "student", samples
@@ -176,7 +188,7 @@ def main() -> None:
     common = (args.eval_episodes, seed, args.eval_batch_size)
     results = {
         "teacher (10 Euler steps)": evaluate(teacher_ckpt, *common),
-        "IMLE student (8 candidates)": evaluate(student_ckpt, *common),
+        "IMLE student (16 candidates)": evaluate(student_ckpt, *common),
         "IMLE student (1 sample)": evaluate(student_ckpt, *common, num_inference_candidates=1),
         "diffusion (DDPM-100)": evaluate(diffusion_ckpt, *common),
         "diffusion (DDIM-10)": evaluate(diffusion_ckpt, *common, noise_scheduler_type="DDIM", num_inference_steps=10),

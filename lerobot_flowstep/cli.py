@@ -9,6 +9,7 @@ from pathlib import Path
 from .converters.rlbench_cli import add_convert_rlbench_parser
 from .converters.zarr_cli import add_convert_zarr_parser
 from .flow_matching import SOLVERS
+from .hub_cli import add_hub_parsers
 
 
 def _generate(args: argparse.Namespace) -> None:
@@ -150,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     demo.set_defaults(func=_demo)
+
+    add_hub_parsers(sub)
     return parser
 
 

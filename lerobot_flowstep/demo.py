@@ -6,13 +6,15 @@
 4. the one-step IMLE student, distilled from the cache; the regression baseline (same network, L2);
 5. every method reloaded from its saved checkpoint and evaluated with LeRobot's `eval_policy` on the same
    seeded episodes: teacher (N steps), teacher with 1 Euler step (naive one-step CFM), student (its default
-   8 candidates in one batched pass, and a single sample), regression;
+   16 candidates in one batched pass, and a single sample), regression;
 6. chunk latency at batch 1, a table, a JSON report and the mode-collapse picture.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -201,6 +203,7 @@ def run_demo(settings: DemoSettings) -> dict:
         trajectories, ObstacleLayout.preset(settings.num_modes), out / "trajectories.png", subtitles
     )
     report = {
+        "command": shlex.join(["lerobot-flowstep", *sys.argv[1:]]),
         "settings": json.loads(json.dumps(asdict(settings), default=str)),
         "results": results,
         "timings_s": timings,

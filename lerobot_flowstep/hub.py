@@ -53,7 +53,7 @@ LOCAL_NAMESPACE = "local"
 # generator and converter. Anything else needs an explicit `source`.
 DATASET_PRODUCERS = {
     "flowstep_obstacle": (
-        "simulated expert demonstrations of ObstacleReach, the embedded 2-D reaching task of the "
+        "Simulated expert demonstrations of ObstacleReach, the embedded 2-D reaching task of the "
         "`lerobot_policy_flowstep` plugin, written by its scripted expert with `lerobot-flowstep generate`. The "
         "expert passes each obstacle on a randomly chosen side, so the demonstrations are multi-modal by "
         "construction."
@@ -219,16 +219,23 @@ def resolve_teacher(config: Mapping[str, Any], teacher_repo_id: str | None) -> T
     )
 
 
-def check_published_teacher(student_config: PreTrainedConfig, teacher_repo_id: str) -> PreTrainedConfig:
-    """The teacher's config from the Hub (or the Hub cache, offline), checked against the student.
-
-    A student whose recorded teacher does not fit it would fail at load time wherever the teacher is
+def check_published_teacher(
+    student_config: PreTrainedConfig, teacher_repo_id: str, local_files_only: bool = False
+) -> PreTrainedConfig:
+    """The teacher's config read by repo id (from the Hub cache only with `local_files_only`), checked against
+    the student. A student whose recorded teacher does not fit it would fail to load wherever that teacher is
     reachable, since `ImleStudentPolicy` checks the pair when it is built.
+
+    Raises FileNotFoundError when the teacher cannot be read, ValueError when it does not fit.
     """
-    from .policies.imle_student.configuration_imle_student import load_teacher_config
     from .policies.imle_student.modeling_imle_student import check_teacher_compatibility
 
-    teacher = load_teacher_config(teacher_repo_id)
+    try:
+        teacher = PreTrainedConfig.from_pretrained(teacher_repo_id, local_files_only=local_files_only)
+    except Exception as err:  # huggingface_hub raises a different class per cause (offline, 401, 404, cache miss)
+        raise FileNotFoundError(f"cannot read {teacher_repo_id}/config.json: {err}") from err
+    if teacher.type != "flowstep_teacher":
+        raise ValueError(f"The teacher repo {teacher_repo_id} holds a '{teacher.type}' policy, not a flowstep_teacher.")
     check_teacher_compatibility(student_config, teacher)
     return teacher
 
@@ -349,11 +356,11 @@ def stage_policy_upload(
     require_published_teacher: bool = False,
 ) -> PolicyUpload:
     """Check `checkpoint` and write into `folder` exactly what `push_policy` uploads: the model card, the
-    sanitized configs, the weights and the processors (with their state files). No network access except,
-    for a student, reading its teacher's config (from the Hub cache when offline).
+    sanitized configs, the weights and the processors (with their state files).
 
-    `require_published_teacher`: fail when the student's teacher cannot be read by repo id (a real push);
-    otherwise (a dry run) only note it.
+    `require_published_teacher` (a real push): read a student's teacher from the Hub and fail when it cannot be
+    read or does not fit the student. Otherwise (a dry run) no network call is made: the teacher is checked only
+    if it is in the local Hub cache, and a note says when it could not be.
     """
     checkpoint = Path(checkpoint)
     check_repo_id(repo_id)
@@ -365,7 +372,7 @@ def stage_policy_upload(
     config = PreTrainedConfig.from_pretrained(checkpoint)
     if teacher is not None and teacher.repo_id is not None:
         try:
-            check_published_teacher(config, teacher.repo_id)
+            check_published_teacher(config, teacher.repo_id, local_files_only=not require_published_teacher)
         except FileNotFoundError as err:
             if require_published_teacher:
                 raise ValueError(
@@ -374,8 +381,8 @@ def stage_policy_upload(
                     "and config point to it."
                 ) from err
             notes.append(
-                f"the teacher {teacher.repo_id} was not checked (neither reachable nor in the Hub cache); a real "
-                "push requires it to be published first"
+                f"the teacher {teacher.repo_id} was not checked: it is not in the local Hub cache, and a dry run "
+                "makes no network calls. A real push reads it from the Hub and requires it to be published first"
             )
 
     folder = Path(folder)
@@ -407,7 +414,7 @@ def stage_policy_upload(
     # What others will load must parse without the training machine's files.
     PreTrainedConfig.from_pretrained(folder)
 
-    meta = _dataset_metadata(checkpoint, config, train_config, dataset_repo_id, dataset_root)
+    meta = _dataset_metadata(config, train_config, dataset_repo_id, dataset_root)
     if dataset_repo_id is None:
         dataset_repo_id = _lookup(train_config, "dataset.repo_id") or (meta.repo_id if meta is not None else None)
     card = render_policy_card(
@@ -426,7 +433,6 @@ def stage_policy_upload(
 
 
 def _dataset_metadata(
-    checkpoint: Path,
     config: PreTrainedConfig,
     train_config: Mapping[str, Any] | None,
     repo_id: str | None,
@@ -434,26 +440,30 @@ def _dataset_metadata(
 ) -> LeRobotDatasetMetadata | None:
     """The training dataset's metadata from a local copy: the one named on the command line, else the one
     lerobot-train recorded, else the one a student's teacher cache was drawn from."""
+    recorded = [(_lookup(train_config, "dataset.repo_id"), _lookup(train_config, "dataset.root"))]
+    recorded.append(_teacher_cache_dataset(config))
     if root is None:
-        for candidate in (_lookup(train_config, "dataset.root"), _teacher_cache_dataset_root(config)):
-            if candidate and Path(candidate).is_dir():
-                root = Path(candidate)
+        for recorded_repo_id, recorded_root in recorded:
+            if recorded_root and Path(recorded_root).is_dir():
+                root, repo_id = Path(recorded_root), repo_id or recorded_repo_id
                 break
     if root is None:
         return None
     root = Path(root)
     if not (root / "meta" / "info.json").is_file():
         raise FileNotFoundError(f"The dataset root {root} has no meta/info.json: is it a LeRobotDataset folder?")
-    label = repo_id or _lookup(train_config, "dataset.repo_id") or f"{LOCAL_NAMESPACE}/{root.name}"
-    return LeRobotDatasetMetadata(label, root=root)
+    # LeRobotDataset v3 does not store its repo id; a local copy with none recorded is labelled by its folder.
+    return LeRobotDatasetMetadata(repo_id or f"{LOCAL_NAMESPACE}/{root.name}", root=root)
 
 
-def _teacher_cache_dataset_root(config: PreTrainedConfig) -> str | None:
+def _teacher_cache_dataset(config: PreTrainedConfig) -> tuple[str | None, str | None]:
+    """(repo id, root) of the dataset a student's teacher cache was drawn from, as `cache-teacher` records them."""
     path = getattr(config, "teacher_cache_path", None)
     if not path or not Path(path).is_file():
-        return None
+        return None, None
     with safe_open(path, framework="pt") as f:
-        return (f.metadata() or {}).get("root")
+        metadata = f.metadata() or {}
+    return metadata.get("repo_id"), metadata.get("root")
 
 
 def push_policy(
@@ -628,7 +638,21 @@ def _policy_context(config: PreTrainedConfig) -> dict[str, Any]:
         "teacher_ode_solver",
         "teacher_num_inference_steps",
     )
-    return {**{n: getattr(config, n) for n in names}, "used_teacher_cache": bool(config.teacher_cache_path)}
+    return {**{n: getattr(config, n) for n in names}, "teacher_samples": _teacher_samples(config)}
+
+
+def _teacher_samples(config: PreTrainedConfig) -> str:
+    """How the distillation targets were drawn. With a cache, the cache's own settings are what counted (the
+    config's teacher_* sampling fields are then unused), and only the cache file records them."""
+    online = f"`{config.teacher_ode_solver}` solver, {config.teacher_num_inference_steps} ODE steps"
+    if not config.teacher_cache_path:
+        return f"{online}, drawn during training"
+    precomputed = "precomputed once per dataset frame (`lerobot-flowstep cache-teacher`)"
+    if not Path(config.teacher_cache_path).is_file():
+        return f"{precomputed}; the cache file, which records its solver settings, was not available for this card"
+    with safe_open(config.teacher_cache_path, framework="pt") as f:
+        metadata = f.metadata() or {}
+    return f"`{metadata.get('solver', '?')}` solver, {metadata.get('num_steps', '?')} ODE steps, {precomputed}"
 
 
 def _network_context(config: PreTrainedConfig) -> dict[str, Any]:
@@ -860,12 +884,14 @@ def load_report(path: Path, checkpoint: Path) -> dict[str, Any]:
         if not isinstance(r, dict) or "success_rate" not in r:
             continue
         latency = r.get("latency")
-        overrides = {k: v for k, v in r.items() if k not in _REPORT_STATS}
+        overrides = ", ".join(f"{k}={v}" for k, v in r.items() if k not in _REPORT_STATS)
+        this_model = "checkpoint" in r and Path(r["checkpoint"]).resolve() == target
+        marker = ["**this model**"] if this_model else []
+        marker += [f"({overrides})"] if overrides else []
         rows.append(
             {
                 "name": _cell(name if "checkpoint" in r else f"{name} (uniformly random actions)"),
-                "this_model": "checkpoint" in r and Path(r["checkpoint"]).resolve() == target,
-                "overrides": _cell(", ".join(f"{k}={v}" for k, v in overrides.items())),
+                "marker": _cell(" ".join(marker)),
                 "success": f"{r['success_rate']:.1%}",
                 "modes": f"{r['modes_covered']}/{r['num_modes']}" if "modes_covered" in r else "-",
                 "off_manifold": f"{r['off_manifold']:.1%}" if "off_manifold" in r else "-",
@@ -905,7 +931,7 @@ def dataset_provenance(meta: LeRobotDatasetMetadata, source: str | None) -> str:
     and/or what the user says; an error when neither tells."""
     known = DATASET_PRODUCERS.get(meta.robot_type or "")
     if known is not None:
-        return known[0].upper() + known[1:]
+        return known
     if source:
         return source
     raise ValueError(
@@ -934,8 +960,8 @@ def dataset_card_kwargs(meta: LeRobotDatasetMetadata, repo_id: str, source: str 
     notes = []
     if bookkeeping:
         notes.append(
-            f"Columns {', '.join(bookkeeping)} are bookkeeping for evaluation and analysis; LeRobot policies "
-            "never read them (they are neither `observation.*` nor `action`)."
+            f"Bookkeeping for evaluation and analysis, never read by policies (neither `observation.*` nor "
+            f"`action`): {', '.join(bookkeeping)}."
         )
     description = render_template(
         DATASET_TEMPLATE,

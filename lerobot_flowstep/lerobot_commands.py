@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 from collections import deque
+from collections.abc import Mapping
 from pathlib import Path
 
 from tqdm import tqdm
@@ -20,9 +21,10 @@ _STEP = re.compile(r"step:(\d+(?:\.\d+)?)([KMB]?)\b")
 _SUFFIX = {"": 1, "K": 1_000, "M": 1_000_000, "B": 1_000_000_000}
 
 
-def offline_env() -> dict[str, str]:
-    """The environment for LeRobot subprocesses: no Hub access, no W&B, no accidental GPU grab on CI."""
-    env = dict(os.environ)
+def offline_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for LeRobot subprocesses: no Hub access, no W&B, no accidental GPU grab on CI.
+    `extra` is set on top (e.g. `HF_HUB_CACHE` to load a policy by repo id from a given Hub cache)."""
+    env = {**os.environ, **(extra or {})}
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("HF_DATASETS_OFFLINE", "1")
     env.setdefault("WANDB_MODE", "disabled")
@@ -30,7 +32,14 @@ def offline_env() -> dict[str, str]:
     return env
 
 
-def _run(module: str, args: list[str], log_path: Path, total_steps: int | None, desc: str) -> None:
+def _run(
+    module: str,
+    args: list[str],
+    log_path: Path,
+    total_steps: int | None,
+    desc: str,
+    env: Mapping[str, str] | None = None,
+) -> None:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", module, *args]
     tail: deque[str] = deque(maxlen=40)
@@ -40,7 +49,7 @@ def _run(module: str, args: list[str], log_path: Path, total_steps: int | None, 
     ):
         log.write("$ " + " ".join(cmd) + "\n")
         proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=offline_env(), bufsize=1
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=offline_env(env), bufsize=1
         )
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -61,9 +70,11 @@ def lerobot_train(args: list[str], log_path: Path, total_steps: int | None = Non
     _run("lerobot.scripts.lerobot_train", args, log_path, total_steps, desc)
 
 
-def lerobot_eval(args: list[str], output_dir: Path, log_path: Path, desc: str = "eval") -> dict:
-    """Run `lerobot-eval` and return its `eval_info.json`."""
-    _run("lerobot.scripts.lerobot_eval", [*args, f"--output_dir={output_dir}"], log_path, None, desc)
+def lerobot_eval(
+    args: list[str], output_dir: Path, log_path: Path, desc: str = "eval", env: Mapping[str, str] | None = None
+) -> dict:
+    """Run `lerobot-eval` and return its `eval_info.json`; `env` adds to the subprocess's environment."""
+    _run("lerobot.scripts.lerobot_eval", [*args, f"--output_dir={output_dir}"], log_path, None, desc, env)
     with open(output_dir / "eval_info.json") as f:
         return json.load(f)
 

@@ -1,14 +1,16 @@
 import os
-from pathlib import Path
 
-import pytest
-import torch
-from lerobot.configs import FeatureType, PolicyFeature
-
-# Nothing in the suite may reach the Hugging Face Hub.
+# Nothing in the suite may reach the Hugging Face Hub. Set before anything imports huggingface_hub, which
+# reads these variables once, at import.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from lerobot.configs import FeatureType, PolicyFeature  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

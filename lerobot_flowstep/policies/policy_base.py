@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 from collections import deque
+from typing import TYPE_CHECKING
 
 import torch
 from lerobot.policies.pretrained import PreTrainedPolicy
@@ -19,6 +20,11 @@ from torch import Tensor
 
 from ..encoder import UnifiedObservationEncoder
 from .config_base import FlowstepBaseConfig
+
+if TYPE_CHECKING:
+    from huggingface_hub import ModelCard
+    from lerobot.configs.train import TrainPipelineConfig
+    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 
 
 class FlowstepBasePolicy(PreTrainedPolicy):
@@ -115,9 +121,47 @@ class FlowstepBasePolicy(PreTrainedPolicy):
     # --- checkpoints ----------------------------------------------------------------------------
 
     @classmethod
+    def from_pretrained(cls, pretrained_name_or_path, *, config: FlowstepBaseConfig | None = None, **kwargs):
+        if config is None:
+            config = FlowstepBaseConfig.from_pretrained(pretrained_name_or_path, **_hub_kwargs(kwargs))
+        # The trained weights are in model.safetensors: a local pretrained-backbone file named in the saved
+        # config is not needed (and rarely exists) on the machine that loads the checkpoint.
+        config.encoder.pretrained_backbone_path = None
+        return super().from_pretrained(pretrained_name_or_path, config=config, **kwargs)
+
+    @classmethod
     def _load_as_safetensor(cls, model, model_file: str, map_location: str, strict: bool):
         check_checkpoint_shapes(model, model_file)
         return super()._load_as_safetensor(model, model_file, map_location, strict)
+
+    # --- Hub ------------------------------------------------------------------------------------
+
+    def generate_model_card(
+        self,
+        dataset_repo_id: str,
+        model_type: str,
+        license: str | None,
+        tags: list[str] | None,
+        cfg: TrainPipelineConfig | None = None,
+        dataset_meta: LeRobotDatasetMetadata | None = None,
+    ) -> ModelCard:
+        """The card `lerobot-train --policy.push_to_hub=true` uploads: the plugin's template (hub_cards/), which
+        describes the method, the teacher reference and the limitations, instead of LeRobot's generic one."""
+        from ..hub import render_policy_card  # only pushing needs the card code (and Jinja2)
+
+        return render_policy_card(
+            self.config,
+            repo_id=self.config.repo_id,
+            train=cfg,
+            dataset_meta=dataset_meta,
+            dataset_repo_id=dataset_repo_id,
+            num_parameters=sum(t.numel() for t in self.state_dict().values()),
+        )
+
+
+def _hub_kwargs(kwargs: dict) -> dict:
+    names = ("force_download", "resume_download", "proxies", "token", "cache_dir", "local_files_only", "revision")
+    return {k: kwargs[k] for k in names if k in kwargs}
 
 
 def check_checkpoint_shapes(model: torch.nn.Module, model_file: str) -> None:

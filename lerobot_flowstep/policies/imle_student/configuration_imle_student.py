@@ -83,7 +83,7 @@ class ImleStudentConfig(FlowstepBaseConfig):
     teacher_ode_solver: str = "heun"
     teacher_cache_path: str | None = None
     init_from_teacher: bool = True
-    num_inference_candidates: int = 8
+    num_inference_candidates: int = 16
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
