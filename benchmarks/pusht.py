@@ -28,9 +28,7 @@ from lerobot.envs.configs import PushtEnv
 from lerobot.envs.factory import make_env, make_env_pre_post_processors
 from lerobot.envs.utils import preprocess_observation
 from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
-from lerobot.policies.factory import make_pre_post_processors
 from lerobot.scripts.lerobot_eval import eval_policy
-from tqdm import trange
 
 from lerobot_flowstep.converters.zarr import convert_zarr
 from lerobot_flowstep.demo import load_checkpoint
@@ -38,7 +36,7 @@ from lerobot_flowstep.latency import measure_latency
 from lerobot_flowstep.networks import NetworkConfig
 from lerobot_flowstep.policies.flowstep_teacher.configuration_flowstep_teacher import FlowstepTeacherConfig
 from lerobot_flowstep.policies.imle_student.configuration_imle_student import ImleStudentConfig
-from lerobot_flowstep.teacher_cache import cache_metadata, sample_teacher, write_teacher_cache
+from lerobot_flowstep.teacher_cache import cache_from_samples
 from lerobot_flowstep.training import load_samples, train_policy_on_dataset
 
 REPO_ID = "local/pusht_keypoints"
@@ -132,21 +130,10 @@ def main() -> None:
     timings["teacher_train_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    preprocessor, _ = make_pre_post_processors(teacher.config, pretrained_path=str(teacher_ckpt))
-    processed = preprocessor(dict(samples))
-    n = len(samples["index"])
-    batches = [
-        {k: v[i : i + 512] for k, v in processed.items() if isinstance(v, torch.Tensor)}
-        for i in trange(0, n, 512, desc="teacher samples", leave=False)
-    ]
-    cached, index = sample_teacher(teacher, batches, args.cache_samples, args.cache_steps, "heun", args.seed)
     cache_path = out / "teacher" / "teacher_samples.safetensors"
     cache_path.unlink(missing_ok=True)
-    write_teacher_cache(
-        cached,
-        index,
-        cache_path,
-        cache_metadata(teacher, str(teacher_ckpt), args.cache_samples, args.cache_steps, "heun", args.seed),
+    cache_from_samples(
+        teacher, str(teacher_ckpt), samples, cache_path, args.cache_samples, args.cache_steps, "heun", args.seed
     )
     timings["teacher_cache_s"] = time.perf_counter() - start
 

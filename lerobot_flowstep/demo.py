@@ -34,7 +34,7 @@ from .networks import NetworkConfig
 from .plots import plot_trajectories
 from .policies.flowstep_teacher.configuration_flowstep_teacher import FlowstepTeacherConfig
 from .policies.imle_student.configuration_imle_student import ImleStudentConfig
-from .teacher_cache import cache_metadata, sample_teacher, write_teacher_cache
+from .teacher_cache import cache_from_samples
 from .training import load_samples, train_policy_on_dataset
 
 DATASET_REPO_ID = "local/flowstep_obstacle"
@@ -136,19 +136,10 @@ def run_demo(settings: DemoSettings) -> dict:
 
     start = time.perf_counter()
     cache_path = out / "teacher" / "teacher_samples.safetensors"
-    preprocessor, _ = make_pre_post_processors(teacher.config, pretrained_path=str(teacher_ckpt))
-    processed = preprocessor(dict(samples))
-    batches = [
-        {k: v[i : i + 512] for k, v in processed.items() if isinstance(v, torch.Tensor)}
-        for i in trange(0, len(samples["index"]), 512, desc="teacher samples", leave=False)
-    ]
-    cached, index = sample_teacher(
-        teacher, batches, settings.cache_samples, settings.cache_steps, settings.cache_solver, settings.seed
-    )
-    metadata = cache_metadata(
-        teacher, str(teacher_ckpt), settings.cache_samples, settings.cache_steps, settings.cache_solver, settings.seed
-    )
-    write_teacher_cache(cached, index, cache_path, {**metadata, "repo_id": DATASET_REPO_ID, "root": str(data_root)})
+    cache_from_samples(
+        teacher, str(teacher_ckpt), samples, cache_path, settings.cache_samples, settings.cache_steps,
+        settings.cache_solver, settings.seed, extra_metadata={"repo_id": DATASET_REPO_ID, "root": str(data_root)},
+    )  # fmt: skip
     timed("teacher_cache", start)
 
     start = time.perf_counter()

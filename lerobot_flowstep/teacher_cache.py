@@ -102,6 +102,31 @@ def cache_metadata(
     }
 
 
+def cache_from_samples(
+    teacher: FlowstepTeacherPolicy,
+    teacher_path: str,
+    samples: dict[str, Tensor],
+    output: Path,
+    num_samples: int,
+    num_steps: int,
+    solver: str,
+    seed: int = 0,
+    batch_size: int = 512,
+    extra_metadata: dict[str, str] | None = None,
+) -> Path:
+    """The cache for dataset samples already in memory (`training.load_samples`), e.g. in the demo."""
+    preprocessor, _ = make_pre_post_processors(teacher.config, pretrained_path=str(teacher_path))
+    processed = preprocessor(dict(samples))
+    frames = len(samples["index"])
+    batches = (
+        {k: v[i : i + batch_size] for k, v in processed.items() if isinstance(v, Tensor) and len(v) == frames}
+        for i in tqdm(range(0, frames, batch_size), desc=f"teacher samples ({num_samples} x {num_steps} {solver})")
+    )
+    cached, index = sample_teacher(teacher, batches, num_samples, num_steps, solver, seed)
+    metadata = {**cache_metadata(teacher, teacher_path, num_samples, num_steps, solver, seed), **(extra_metadata or {})}
+    return write_teacher_cache(cached, index, output, metadata)
+
+
 def build_teacher_cache(
     teacher_path: str,
     repo_id: str,
