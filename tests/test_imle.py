@@ -1,7 +1,5 @@
 """The Chamfer / IMLE objective against a brute-force reference written with plain loops."""
 
-import itertools
-
 import pytest
 import torch
 
@@ -74,5 +72,3 @@ def test_imle_selection_trains_only_the_best_candidate_set():
     assert torch.all(grad_norm_per_set[:, [0, 2]] == 0)
     assert info["chamfer_loss"] == pytest.approx(2 * 0.1**2 * 2, rel=1e-5)  # coverage + fidelity, 2 dims
     assert set(info) == {"chamfer_loss", "coverage", "fidelity"}
-    # every pair of candidate sets differs, so the selection is meaningful
-    assert all(not torch.equal(candidates[0, i], candidates[0, j]) for i, j in itertools.combinations(range(3), 2))
