@@ -1,13 +1,19 @@
-"""PushT from the original demonstrations: teacher vs student vs LeRobot's diffusion policy, same budget.
+"""PushT from the original demonstrations: teacher vs student vs LeRobot's diffusion policy.
 
 1. `data/...replay.zarr` -> LeRobotDataset with the keys of LeRobot's `pusht` env in its keypoint variant
    (`observation.state` = agent xy, `observation.environment_state` = the 8 block corners);
-2. the flowstep teacher, LeRobot's `diffusion` policy (its U-Net, `--diffusion-down-dims`), both trained for
-   the same number of steps and batch size from the same samples; the student distilled from the teacher's
-   cached samples;
-3. each evaluated with LeRobot's `eval_policy` on `PushtEnv(obs_type="environment_state_agent_pos")` on the
-   same seeded episodes: success rate (Wilson 95 % interval) and mean max coverage (t 95 % interval), plus
-   chunk latency at batch 1.
+2. training from `configs/pusht/{teacher,student,diffusion}.json` (the same files `lerobot-train
+   --config_path=...` takes), with their steps and batch sizes, from samples read once through
+   `LeRobotDataset` (`lerobot_flowstep.training`); the student is distilled from the teacher's cached
+   samples. A second teacher is trained at the diffusion policy's budget, for the equal-budget comparison;
+3. every evaluation is a `lerobot-eval --env.type=pusht` run on the same seeded episodes: success rate
+   (Wilson 95 % interval) and mean max reward (gym-pusht's reward is coverage / 0.95 capped at 1; t 95 %
+   interval), plus chunk latency at batch 1;
+4. the disturbance test: `lerobot-eval --env.type=flowstep_pusht_disturbed`, the block pushed to a random
+   pose before action `--disturb-step`, each policy re-planning as often as its measured latency allows at
+   10 Hz (every ceil(latency / 100 ms) actions), with and without the disturbance.
+
+Every stage skips work whose output exists (checkpoints, `eval_info.json`), so an interrupted run resumes.
 
     uv run python benchmarks/pusht.py --zarr ../shared/data/pusht/pusht_cchi_v7_replay.zarr
 """
@@ -16,182 +22,264 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from lerobot.configs import NormalizationMode
+from lerobot.configs.train import TrainPipelineConfig
 from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 from lerobot.envs.configs import PushtEnv
-from lerobot.envs.factory import make_env, make_env_pre_post_processors
+from lerobot.envs.factory import make_env
 from lerobot.envs.utils import preprocess_observation
-from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
-from lerobot.scripts.lerobot_eval import eval_policy
+from safetensors.torch import load_file, save_file
 
 from lerobot_flowstep.converters.zarr import convert_zarr
 from lerobot_flowstep.demo import load_checkpoint
-from lerobot_flowstep.latency import measure_latency
-from lerobot_flowstep.networks import NetworkConfig
-from lerobot_flowstep.policies.flowstep_teacher.configuration_flowstep_teacher import FlowstepTeacherConfig
-from lerobot_flowstep.policies.imle_student.configuration_imle_student import ImleStudentConfig
+from lerobot_flowstep.latency import chunk_latency, replan_period
+from lerobot_flowstep.lerobot_commands import eval_args, lerobot_eval
+from lerobot_flowstep.plots import plot_benchmark
+from lerobot_flowstep.statistics import mean_interval, wilson_interval
 from lerobot_flowstep.teacher_cache import cache_from_samples
-from lerobot_flowstep.training import load_samples, train_policy_on_dataset
+from lerobot_flowstep.training import delta_timestamps, load_samples, train_policy_on_dataset
 
-REPO_ID = "local/pusht_keypoints"
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (0.0, 0.0)
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (centre - half, centre + half)
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "pusht"
+OBS_TYPE = "environment_state_agent_pos"
+CONTROL_HZ = 10.0
 
 
-def mean_interval(values: np.ndarray, z: float = 1.96) -> tuple[float, float]:
-    half = z * values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else 0.0
-    return (float(values.mean() - half), float(values.mean() + half))
+@dataclass
+class Evaluation:
+    """One `lerobot-eval` run of one checkpoint."""
+
+    name: str
+    model: str
+    policy_args: dict[str, object] = field(default_factory=dict)
+    disturbed: bool = False
 
 
-def evaluate(checkpoint: Path, episodes: int, seed: int, batch_size: int, **overrides) -> dict:
-    policy, pre, post = load_checkpoint(checkpoint, **overrides)
-    env_cfg = PushtEnv(obs_type="environment_state_agent_pos")
-    env = make_env(env_cfg, n_envs=batch_size)[env_cfg.type][0]
-    env_pre, env_post = make_env_pre_post_processors(env_cfg, policy.config)
-    start = time.perf_counter()
+def train_config(configs: Path, name: str, output: Path, *overrides: str) -> TrainPipelineConfig:
+    return TrainPipelineConfig.from_pretrained(
+        configs / f"{name}.json", cli_args=[f"--dataset.root={output / 'pusht_keypoints'}", *overrides]
+    )
+
+
+def cached_samples(output: Path, cfg: TrainPipelineConfig, meta: LeRobotDatasetMetadata) -> dict[str, torch.Tensor]:
+    """All training samples, read through LeRobotDataset once (minutes here) and kept next to the dataset."""
+    path = output / "samples.safetensors"
+    key = json.dumps(delta_timestamps(cfg.policy, meta), sort_keys=True)
+    if path.exists():
+        from safetensors import safe_open
+
+        with safe_open(path, "pt") as f:
+            if f.metadata().get("delta_timestamps") == key:
+                return load_file(path)
+    samples = load_samples(cfg.dataset.repo_id, Path(cfg.dataset.root), cfg.policy, meta)
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in samples.items()}, tmp, metadata={"delta_timestamps": key})
+    tmp.replace(path)
+    return samples
+
+
+def train(cfg: TrainPipelineConfig, run_dir: Path, samples: dict, timings: dict, label: str) -> Path:
+    """Train (unless done) and return the checkpoint, at the path lerobot-train would give it."""
+    checkpoint = run_dir / "checkpoints" / "last" / "pretrained_model"
+    if not (checkpoint / "model.safetensors").exists():
+        start = time.perf_counter()
+        config, root = cfg.policy, Path(cfg.dataset.root)
+        _, checkpoint, losses = train_policy_on_dataset(
+            config, cfg.dataset.repo_id, root, checkpoint.parent, cfg.steps, cfg.batch_size, cfg.seed, label, samples
+        )
+        timings[f"{label}_train_s"] = round(time.perf_counter() - start, 1)
+        (run_dir / "losses.json").write_text(json.dumps(losses))
+    return checkpoint
+
+
+def pusht_chunk_latency(checkpoint: Path, **overrides) -> dict:
+    """Batch-1 chunk latency on a PushT observation, with the checkpoint's processors."""
+    policy, preprocessor, _ = load_checkpoint(checkpoint, **overrides)
+    env_cfg = PushtEnv(obs_type=OBS_TYPE)
+    env = make_env(env_cfg, n_envs=1)[env_cfg.type][0]
     try:
-        info = eval_policy(env, policy, env_pre, env_post, pre, post, n_episodes=episodes, start_seed=seed)
+        obs, _ = env.reset(seed=0)
     finally:
         env.close()
-    successes = np.array([ep["success"] for ep in info["per_episode"]])
-    max_rewards = np.array([ep["max_reward"] for ep in info["per_episode"]])
-    obs, _ = make_env(env_cfg, n_envs=1)[env_cfg.type][0].reset(seed=0)
-    batch = pre(preprocess_observation(obs))
-    # LeRobot's diffusion policy reads an observation history from the batch when its queues are empty.
-    batch = {
-        k: v.unsqueeze(1).expand(-1, policy.config.n_obs_steps, *v.shape[1:]) if k.startswith("observation.") else v
-        for k, v in batch.items()
-    }
-    policy.reset()
-    with torch.inference_mode():
-        latency = measure_latency(lambda: policy.predict_action_chunk(batch), warmup=5, repeats=50)
+    batch = preprocessor(preprocess_observation(obs))
+    return chunk_latency(policy, batch, warmup=5, repeats=50).as_dict()
+
+
+def run_eval(evaluation: Evaluation, checkpoint: Path, output: Path, args: argparse.Namespace, latency: dict) -> dict:
+    # Keyed by what is evaluated, not by the display name, so that a resumed run never reuses another result.
+    settings = [f"{k}={v}" for k, v in sorted(evaluation.policy_args.items())]
+    out_dir = (
+        output / "eval" / "_".join([evaluation.model, *settings, *(["disturbed"] if evaluation.disturbed else [])])
+    )
+    if not (out_dir / "eval_info.json").exists():
+        extra = [f"--env.obs_type={OBS_TYPE}", *(f"--policy.{k}={v}" for k, v in evaluation.policy_args.items())]
+        if evaluation.disturbed:
+            extra.append(f"--env.disturb_step={args.disturb_step}")
+        env_type = "flowstep_pusht_disturbed" if evaluation.disturbed else "pusht"
+        cli = eval_args(checkpoint, env_type, args.eval_episodes, args.eval_batch_size, args.eval_seed) + extra
+        threads = {"OMP_NUM_THREADS": str(args.threads)}
+        lerobot_eval(cli, out_dir, out_dir.with_suffix(".log"), desc=evaluation.name, env=threads)
+    info = json.loads((out_dir / "eval_info.json").read_text())
+    metrics = info["per_task"][0]["metrics"]
+    successes = np.array(metrics["successes"], dtype=bool)
+    max_rewards = np.array(metrics["max_rewards"], dtype=np.float64)
     return {
+        "model": evaluation.model,
+        "policy_args": evaluation.policy_args,
+        "disturbed": evaluation.disturbed,
         "episodes": len(successes),
         "success_rate": float(successes.mean()),
         "success_ci95": wilson_interval(int(successes.sum()), len(successes)),
-        "mean_max_coverage": float(max_rewards.mean()),
-        "mean_max_coverage_ci95": mean_interval(max_rewards),
-        "chunk_latency": latency.as_dict(),
-        "eval_s": round(time.perf_counter() - start, 1),
+        "mean_max_reward": float(max_rewards.mean()),
+        "mean_max_reward_ci95": mean_interval(max_rewards),
+        "chunk_latency": latency,
+        "eval_dir": str(out_dir),
     }
+
+
+def markdown_table(results: dict[str, dict]) -> str:
+    lines = [
+        "| method | success [95% CI] | mean max reward [95% CI] | chunk latency (ms) |",
+        "|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        lo, hi = r["success_ci95"]
+        rlo, rhi = r["mean_max_reward_ci95"]
+        lines.append(
+            f"| {name} | {r['success_rate']:.1%} [{lo:.1%}, {hi:.1%}] | {r['mean_max_reward']:.3f} "
+            f"[{rlo:.3f}, {rhi:.3f}] | {r['chunk_latency']['median_ms']:.2f} |"
+        )
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--zarr", required=True)
+    parser.add_argument("--zarr", required=True, help="pusht_cchi_v7_replay.zarr")
     parser.add_argument("--output", default="outputs/pusht")
-    parser.add_argument("--steps", type=int, default=3000, help="training steps of teacher and diffusion")
-    parser.add_argument("--student-steps", type=int, default=2000)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-3, help="teacher learning rate")
-    parser.add_argument("--diffusion-down-dims", type=int, nargs="+", default=[64, 128, 256])
-    parser.add_argument("--hidden-dim", type=int, default=256, help="flowstep MLP width (teacher and student)")
-    parser.add_argument("--num-blocks", type=int, default=3)
-    parser.add_argument("--cache-samples", type=int, default=16)
-    parser.add_argument("--cache-steps", type=int, default=5, help="Heun steps per cached teacher sample")
+    parser.add_argument("--configs", type=Path, default=CONFIGS, help="folder of teacher/student/diffusion.json")
+    parser.add_argument("--cache-samples", type=int, default=16, help="teacher samples cached per frame")
+    parser.add_argument("--cache-steps", type=int, default=10, help="Heun steps per cached teacher sample")
     parser.add_argument("--eval-episodes", type=int, default=100)
     parser.add_argument("--eval-batch-size", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-seed", type=int, default=100_000)
+    parser.add_argument("--disturb-step", type=int, default=100, help="action before which the block moves")
+    parser.add_argument("--no-ddpm", action="store_true", help="skip the slow DDPM-100 evaluation")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    out = Path(args.output).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    timings = {}
+    output = Path(args.output).resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    report_path = output / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    timings = report.get("timings_s", {})
 
-    root = out / "pusht_keypoints"
-    if not root.exists():
-        convert_zarr(args.zarr, root, mapping="pusht_keypoints", repo_id=REPO_ID)
-    meta = LeRobotDatasetMetadata(REPO_ID, root=root)
+    teacher_cfg = train_config(args.configs, "teacher", output)
+    root = Path(teacher_cfg.dataset.root)
+    if not (root / "meta" / "info.json").exists():
+        convert_zarr(args.zarr, root, mapping="pusht_keypoints", repo_id=teacher_cfg.dataset.repo_id)
+    meta = LeRobotDatasetMetadata(teacher_cfg.dataset.repo_id, root=root)
+    samples = cached_samples(output, teacher_cfg, meta)
 
-    network = NetworkConfig(hidden_dim=args.hidden_dim, num_blocks=args.num_blocks)
-    teacher_cfg = FlowstepTeacherConfig(device="cpu", optimizer_lr=args.lr, network=network)
-    start = time.perf_counter()
-    samples = load_samples(REPO_ID, root, teacher_cfg, meta)
-    timings["load_samples_s"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    teacher, teacher_ckpt, _ = train_policy_on_dataset(
-        teacher_cfg, REPO_ID, root, out / "teacher", args.steps, args.batch_size, args.seed, "teacher", samples
-    )
-    timings["teacher_train_s"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    cache_path = out / "teacher" / "teacher_samples.safetensors"
-    cache_path.unlink(missing_ok=True)
-    cache_from_samples(
-        teacher, str(teacher_ckpt), samples, cache_path, args.cache_samples, args.cache_steps, "heun", args.seed
-    )
-    timings["teacher_cache_s"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    student_cfg = ImleStudentConfig(
-        device="cpu",
-        teacher_path=str(teacher_ckpt),
-        teacher_cache_path=str(cache_path),
-        num_teacher_samples=args.cache_samples,
-        optimizer_lr=3e-4,
-    )
-    _, student_ckpt, _ = train_policy_on_dataset(
-        student_cfg, REPO_ID, root, out / "student", args.student_steps, args.batch_size, args.seed, "student", samples
-    )
-    timings["student_distill_s"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    diffusion_cfg = DiffusionConfig(
-        device="cpu",
-        horizon=16,
-        n_action_steps=8,
-        n_obs_steps=2,
-        down_dims=tuple(args.diffusion_down_dims),
-        # LeRobot's diffusion mapping leaves the keypoint environment state unnormalized; give it the same
-        # MIN_MAX the flowstep policies use, so that the comparison is about the generative model.
-        normalization_mapping={
-            "VISUAL": NormalizationMode.MEAN_STD,
-            "STATE": NormalizationMode.MIN_MAX,
-            "ENV": NormalizationMode.MIN_MAX,
-            "ACTION": NormalizationMode.MIN_MAX,
-        },
-    )
-    _, diffusion_ckpt, _ = train_policy_on_dataset(
-        diffusion_cfg, REPO_ID, root, out / "diffusion", args.steps, args.batch_size, args.seed, "diffusion", samples
-    )
-    timings["diffusion_train_s"] = time.perf_counter() - start
-
-    seed = 100_000 + args.seed
-    common = (args.eval_episodes, seed, args.eval_batch_size)
-    results = {
-        "teacher (10 Euler steps)": evaluate(teacher_ckpt, *common),
-        "IMLE student (16 candidates)": evaluate(student_ckpt, *common),
-        "IMLE student (1 sample)": evaluate(student_ckpt, *common, num_inference_candidates=1),
-        "diffusion (DDPM-100)": evaluate(diffusion_ckpt, *common),
-        "diffusion (DDIM-10)": evaluate(diffusion_ckpt, *common, noise_scheduler_type="DDIM", num_inference_steps=10),
+    diffusion_cfg = train_config(args.configs, "diffusion", output)
+    # The teacher again, at the diffusion policy's steps and batch size: the equal-budget comparison.
+    equal_budget = [f"--steps={diffusion_cfg.steps}", f"--batch_size={diffusion_cfg.batch_size}"]
+    equal_cfg = train_config(args.configs, "teacher", output, *equal_budget)
+    checkpoints = {
+        "teacher": train(teacher_cfg, output / "teacher", samples, timings, "teacher"),
+        "teacher_equal_budget": train(equal_cfg, output / "teacher_equal_budget", samples, timings, "teacher_eq"),
+        "diffusion": train(diffusion_cfg, output / "diffusion", samples, timings, "diffusion"),
     }
-    report = {"args": vars(args), "timings_s": {k: round(v, 1) for k, v in timings.items()}, "results": results}
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    print("| method | success [95% CI] | mean max coverage [95% CI] | chunk latency (ms) |")
-    print("|---|---|---|---|")
-    for name, r in results.items():
-        lo, hi = r["success_ci95"]
-        clo, chi = r["mean_max_coverage_ci95"]
-        print(
-            f"| {name} | {r['success_rate']:.1%} [{lo:.1%}, {hi:.1%}] | {r['mean_max_coverage']:.3f} "
-            f"[{clo:.3f}, {chi:.3f}] | {r['chunk_latency']['median_ms']:.2f} |"
+    cache_path = output / "teacher" / "teacher_samples.safetensors"
+    if not cache_path.exists():
+        start = time.perf_counter()
+        teacher, _, _ = load_checkpoint(checkpoints["teacher"])
+        cache_from_samples(
+            teacher,
+            str(checkpoints["teacher"]),
+            samples,
+            cache_path,
+            args.cache_samples,
+            args.cache_steps,
+            "heun",
+            teacher_cfg.seed,
         )
-    print(json.dumps(report["timings_s"]))
+        timings["teacher_cache_s"] = round(time.perf_counter() - start, 1)
+    student_cfg = train_config(
+        args.configs,
+        "student",
+        output,
+        f"--policy.teacher_path={checkpoints['teacher']}",
+        f"--policy.teacher_cache_path={cache_path}",
+        f"--policy.num_teacher_samples={args.cache_samples}",
+    )
+    checkpoints["student"] = train(student_cfg, output / "student", samples, timings, "student")
+    report["timings_s"] = timings
+    report_path.write_text(json.dumps(report, indent=2))
+
+    teacher_steps = teacher_cfg.policy.num_inference_steps
+    budget = f"{teacher_cfg.steps // 1000}k x {teacher_cfg.batch_size}"
+    small = f"{diffusion_cfg.steps // 1000}k x {diffusion_cfg.batch_size}"
+    teacher = Evaluation(f"teacher ({teacher_steps} Euler steps), {budget}", "teacher")
+    student = Evaluation("student (16 candidates)", "student")
+    student_1 = Evaluation("student (1 sample)", "student", {"num_inference_candidates": 1})
+    ddim = Evaluation(
+        f"diffusion (DDIM-10), {small}", "diffusion", {"noise_scheduler_type": "DDIM", "num_inference_steps": 10}
+    )
+    teacher_small = Evaluation(f"teacher ({teacher_steps} Euler steps), {small}", "teacher_equal_budget")
+    evaluations = [teacher, student, student_1, teacher_small, ddim]
+    if not args.no_ddpm:
+        evaluations.append(Evaluation(f"diffusion (DDPM-100), {small}", "diffusion"))
+
+    latencies: dict[str, dict] = {}
+
+    def latency_of(evaluation: Evaluation) -> dict:
+        key = f"{evaluation.model} {sorted(evaluation.policy_args.items())}"
+        if key not in latencies:
+            latencies[key] = pusht_chunk_latency(checkpoints[evaluation.model], **evaluation.policy_args)
+        return latencies[key]
+
+    results = {e.name: run_eval(e, checkpoints[e.model], output, args, latency_of(e)) for e in evaluations}
+
+    # The disturbance test: re-plan as often as the latency allows, with and without the push.
+    disturbance = {}
+    for base in (teacher, student, student_1, ddim):
+        latency = latency_of(base)
+        config = load_checkpoint(checkpoints[base.model], **base.policy_args)[0].config
+        period = replan_period(latency["median_ms"], CONTROL_HZ, config.horizon - config.n_obs_steps + 1)
+        policy_args = {**base.policy_args, "n_action_steps": period}
+        short = base.name.split(",")[0]
+        row = {"replan_every": period}
+        for disturbed in (False, True):
+            name = f"{short}, every {period} steps" + (", disturbed" if disturbed else "")
+            row["disturbed" if disturbed else "undisturbed"] = run_eval(
+                Evaluation(name, base.model, policy_args, disturbed), checkpoints[base.model], output, args, latency
+            )
+        disturbance[short] = row
+
+    report |= {
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "results": results,
+        "disturbance": disturbance,
+    }
+    report_path.write_text(json.dumps(report, indent=2))
+    plot_benchmark(results, disturbance, output / "pusht.png")
+    print(markdown_table(results))
+    print()
+    print("| method | latency (ms) | re-plans every | success, undisturbed | success, disturbed |")
+    print("|---|---|---|---|---|")
+    for name, row in disturbance.items():
+        cells = []
+        for key in ("undisturbed", "disturbed"):
+            r = row[key]
+            lo, hi = r["success_ci95"]
+            cells.append(f"{r['success_rate']:.1%} [{lo:.1%}, {hi:.1%}] (reward {r['mean_max_reward']:.3f})")
+        latency_ms = row["undisturbed"]["chunk_latency"]["median_ms"]
+        print(f"| {name} | {latency_ms:.2f} | {row['replan_every']} steps | {cells[0]} | {cells[1]} |")
+    print(json.dumps(timings))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from tqdm import trange
 from .datasets.obstacle_dataset import generate_obstacle_dataset
 from .diagnostics import rollout_mode_report
 from .envs import OBSTACLE_REACH_ID, ObstacleLayout
-from .latency import measure_latency
+from .latency import chunk_latency, measure_latency
 from .networks import NetworkConfig
 from .plots import plot_trajectories
 from .policies.flowstep_teacher.configuration_flowstep_teacher import FlowstepTeacherConfig
@@ -90,17 +90,15 @@ def load_checkpoint(checkpoint: Path, **overrides):
     return policy, preprocessor, postprocessor
 
 
-def chunk_latency(policy, preprocessor, num_modes: int, repeats: int) -> dict:
-    """Batch-1 latency of one chunk (`predict_action_chunk` on a preprocessed observation)."""
+def obstacle_chunk_latency(policy, preprocessor, num_modes: int, repeats: int) -> dict:
+    """Batch-1 latency of one chunk on an ObstacleReach observation."""
     from lerobot.envs.utils import preprocess_observation
 
     env = gym.make(OBSTACLE_REACH_ID, num_modes=num_modes)
     obs, _ = env.reset(seed=0)
     env.close()
     batch = preprocessor(preprocess_observation({k: v[None] for k, v in obs.items()}))
-    policy.reset()
-    with torch.inference_mode():
-        return measure_latency(lambda: policy.predict_action_chunk(batch), repeats=repeats).as_dict()
+    return chunk_latency(policy, batch, repeats=repeats).as_dict()
 
 
 def run_demo(settings: DemoSettings) -> dict:
@@ -177,7 +175,7 @@ def run_demo(settings: DemoSettings) -> dict:
     for name, (checkpoint, overrides) in methods.items():
         policy, pre, post = load_checkpoint(checkpoint, **overrides)
         stats, trajs = rollout_mode_report(policy, pre, post, settings.num_modes, settings.eval_episodes, eval_seed)
-        latency = chunk_latency(policy, pre, settings.num_modes, settings.latency_repeats)
+        latency = obstacle_chunk_latency(policy, pre, settings.num_modes, settings.latency_repeats)
         results[name] = {**stats.as_dict(), "latency": latency, "checkpoint": str(checkpoint), **overrides}
         trajectories[name] = trajs
     student_policy, _, _ = load_checkpoint(student_ckpt)

@@ -1,4 +1,4 @@
-"""The mode-collapse picture: sampled trajectories of each method over the obstacle scene."""
+"""Figures: the mode-collapse picture over the obstacle scene, and the PushT benchmark bars."""
 
 from __future__ import annotations
 
@@ -36,6 +36,48 @@ def plot_trajectories(
         ax.set_title(name + (f"\n{subtitles[name]}" if subtitles and name in subtitles else ""), fontsize=9)
     fig.suptitle("Closed-loop trajectories (blue: a mode, red: off-manifold / collision)", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.9))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _interval_bars(ax, names: list[str], values: list[float], intervals: list[tuple[float, float]], **kwargs) -> None:
+    errors = np.array([[v - lo, hi - v] for v, (lo, hi) in zip(values, intervals, strict=True)]).T
+    ax.barh(names, values, xerr=np.clip(errors, 0, None), capsize=3, **kwargs)
+
+
+def plot_benchmark(results: dict[str, dict], disturbance: dict[str, dict], path: Path) -> Path:
+    """PushT benchmark: mean max reward and success per method (95 % intervals), and the same with the block
+    pushed mid-episode, each policy re-planning as often as its latency allows."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 0.5 * max(len(results), 2 * len(disturbance)) + 1.8))
+    names = list(results)[::-1]
+    rows = [results[n] for n in names]
+    rewards = [r["mean_max_reward"] for r in rows]
+    _interval_bars(left, names, rewards, [r["mean_max_reward_ci95"] for r in rows], color="#1f5fbf", alpha=0.8)
+    for i, r in enumerate(rows):
+        left.text(0.01, i, f"success {r['success_rate']:.0%}", va="center", color="white", fontsize=8)
+    left.set_xlim(0, 1)
+    left.set_xlabel("mean max reward (coverage / 0.95, capped at 1)")
+    left.set_title("PushT, keypoint observations", fontsize=10)
+
+    labels, values, intervals, colors, successes = [], [], [], [], []
+    for name, row in list(disturbance.items())[::-1]:
+        for key, color in (("disturbed", "#cd4137"), ("undisturbed", "#1f5fbf")):
+            r = row[key]
+            labels.append(f"{name}, every {row['replan_every']}, {key}")
+            values.append(r["mean_max_reward"])
+            intervals.append(r["mean_max_reward_ci95"])
+            colors.append(color)
+            successes.append(r["success_rate"])
+    if labels:
+        _interval_bars(right, labels, values, intervals, color=colors, alpha=0.8)
+        for i, s in enumerate(successes):
+            right.text(0.01, i, f"success {s:.0%}", va="center", color="white", fontsize=8)
+    right.set_xlim(0, 1)
+    right.set_xlabel("mean max reward")
+    right.set_title("Block pushed to a random pose mid-episode (red) vs not (blue)", fontsize=10)
+    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -1,7 +1,8 @@
 """Embedded default task: ObstacleReach, a multi-modal 2-D reaching env, its expert and LeRobot env type.
 
-Importing this package registers the gym id `flowstep/ObstacleReach-v0` and the LeRobot env type
-`flowstep_obstacle` (`ObstacleEnvConfig`).
+Importing this package registers the gym ids `flowstep/ObstacleReach-v0` and `flowstep/PushTDisturbed-v0`
+and the LeRobot env types `flowstep_obstacle` (`ObstacleEnvConfig`), `flowstep_pusht_disturbed`
+(`PushtDisturbedEnv`) and `rlbench`.
 """
 
 from gymnasium.envs.registration import register, registry
@@ -9,9 +10,11 @@ from gymnasium.envs.registration import register, registry
 from .configs import ObstacleEnvConfig
 from .expert import ScriptedExpert, classify_trajectory, plan_path
 from .obstacle import ObstacleLayout, ObstacleReachEnv, ObstacleRenderer
+from .pusht_disturbance import BlockDisturbance, PushtDisturbedEnv
 from .rlbench import RLBenchEnvConfig  # noqa: F401  (registers the `rlbench` env type and its gym id)
 
 OBSTACLE_REACH_ID = "flowstep/ObstacleReach-v0"
+PUSHT_DISTURBED_ID = "flowstep/PushTDisturbed-v0"
 
 # Module reloads (tests, notebooks) re-run this file; gymnasium warns and overrides on re-registration.
 if OBSTACLE_REACH_ID not in registry:
@@ -24,8 +27,20 @@ if OBSTACLE_REACH_ID not in registry:
         kwargs={"max_episode_steps": None},
     )
 
+if PUSHT_DISTURBED_ID not in registry:
+    # gym-pusht is imported by the entry point only, so that this package imports without it.
+    register(
+        id=PUSHT_DISTURBED_ID,
+        entry_point="lerobot_flowstep.envs.pusht_disturbance:make_disturbed_pusht",
+        max_episode_steps=300,
+        kwargs={"obs_type": "state", "disturb_step": 100},
+    )
+
 __all__ = [
+    "BlockDisturbance",
     "OBSTACLE_REACH_ID",
+    "PUSHT_DISTURBED_ID",
+    "PushtDisturbedEnv",
     "ObstacleEnvConfig",
     "ObstacleLayout",
     "ObstacleReachEnv",
