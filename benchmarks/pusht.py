@@ -46,6 +46,8 @@ from lerobot_flowstep.training import delta_timestamps, load_samples, train_poli
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "pusht"
 OBS_TYPE = "environment_state_agent_pos"
+# teacher_equal_budget: the teacher's config at the diffusion policy's steps and batch size.
+MODELS = ("teacher", "student", "teacher_equal_budget", "diffusion")
 CONTROL_HZ = 10.0
 
 
@@ -167,6 +169,9 @@ def main() -> None:
     parser.add_argument("--eval-batch-size", type=int, default=50)
     parser.add_argument("--eval-seed", type=int, default=100_000)
     parser.add_argument("--disturb-step", type=int, default=100, help="action before which the block moves")
+    parser.add_argument(
+        "--models", nargs="+", choices=MODELS, default=list(MODELS), help="train and evaluate only these (resumable)"
+    )
     parser.add_argument("--no-ddpm", action="store_true", help="skip the slow DDPM-100 evaluation")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -188,35 +193,40 @@ def main() -> None:
     # The teacher again, at the diffusion policy's steps and batch size: the equal-budget comparison.
     equal_budget = [f"--steps={diffusion_cfg.steps}", f"--batch_size={diffusion_cfg.batch_size}"]
     equal_cfg = train_config(args.configs, "teacher", output, *equal_budget)
-    checkpoints = {
-        "teacher": train(teacher_cfg, output / "teacher", samples, timings, "teacher"),
-        "teacher_equal_budget": train(equal_cfg, output / "teacher_equal_budget", samples, timings, "teacher_eq"),
-        "diffusion": train(diffusion_cfg, output / "diffusion", samples, timings, "diffusion"),
-    }
-    cache_path = output / "teacher" / "teacher_samples.safetensors"
-    if not cache_path.exists():
-        start = time.perf_counter()
-        teacher, _, _ = load_checkpoint(checkpoints["teacher"])
-        cache_from_samples(
-            teacher,
-            str(checkpoints["teacher"]),
-            samples,
-            cache_path,
-            args.cache_samples,
-            args.cache_steps,
-            "heun",
-            teacher_cfg.seed,
+    models = set(args.models)
+    checkpoints = {}
+    if models & {"teacher", "student"}:
+        checkpoints["teacher"] = train(teacher_cfg, output / "teacher", samples, timings, "teacher")
+    if "teacher_equal_budget" in models:
+        run_dir = output / "teacher_equal_budget"
+        checkpoints["teacher_equal_budget"] = train(equal_cfg, run_dir, samples, timings, "teacher_equal_budget")
+    if "student" in models:
+        cache_path = output / "teacher" / "teacher_samples.safetensors"
+        if not cache_path.exists():
+            start = time.perf_counter()
+            teacher, _, _ = load_checkpoint(checkpoints["teacher"])
+            cache_from_samples(
+                teacher,
+                str(checkpoints["teacher"]),
+                samples,
+                cache_path,
+                args.cache_samples,
+                args.cache_steps,
+                "heun",
+                teacher_cfg.seed,
+            )
+            timings["teacher_cache_s"] = round(time.perf_counter() - start, 1)
+        student_cfg = train_config(
+            args.configs,
+            "student",
+            output,
+            f"--policy.teacher_path={checkpoints['teacher']}",
+            f"--policy.teacher_cache_path={cache_path}",
+            f"--policy.num_teacher_samples={args.cache_samples}",
         )
-        timings["teacher_cache_s"] = round(time.perf_counter() - start, 1)
-    student_cfg = train_config(
-        args.configs,
-        "student",
-        output,
-        f"--policy.teacher_path={checkpoints['teacher']}",
-        f"--policy.teacher_cache_path={cache_path}",
-        f"--policy.num_teacher_samples={args.cache_samples}",
-    )
-    checkpoints["student"] = train(student_cfg, output / "student", samples, timings, "student")
+        checkpoints["student"] = train(student_cfg, output / "student", samples, timings, "student")
+    if "diffusion" in models:
+        checkpoints["diffusion"] = train(diffusion_cfg, output / "diffusion", samples, timings, "diffusion")
     report["timings_s"] = timings
     report_path.write_text(json.dumps(report, indent=2))
 
@@ -229,7 +239,9 @@ def main() -> None:
     ddim = Evaluation(
         f"diffusion (DDIM-10), {small}", "diffusion", {"noise_scheduler_type": "DDIM", "num_inference_steps": 10}
     )
-    teacher_small = Evaluation(f"teacher ({teacher_steps} Euler steps), {small}", "teacher_equal_budget")
+    teacher_small = Evaluation(
+        f"teacher ({teacher_steps} Euler steps), diffusion's budget {small}", "teacher_equal_budget"
+    )
     evaluations = [teacher, student, student_1, teacher_small, ddim]
     if not args.no_ddpm:
         evaluations.append(Evaluation(f"diffusion (DDPM-100), {small}", "diffusion"))
@@ -242,11 +254,12 @@ def main() -> None:
             latencies[key] = pusht_chunk_latency(checkpoints[evaluation.model], **evaluation.policy_args)
         return latencies[key]
 
+    evaluations = [e for e in evaluations if e.model in models]
     results = {e.name: run_eval(e, checkpoints[e.model], output, args, latency_of(e)) for e in evaluations}
 
     # The disturbance test: re-plan as often as the latency allows, with and without the push.
     disturbance = {}
-    for base in (teacher, student, student_1, ddim):
+    for base in (e for e in (teacher, student, student_1, ddim) if e.model in models):
         latency = latency_of(base)
         config = load_checkpoint(checkpoints[base.model], **base.policy_args)[0].config
         period = replan_period(latency["median_ms"], CONTROL_HZ, config.horizon - config.n_obs_steps + 1)
@@ -260,6 +273,9 @@ def main() -> None:
             )
         disturbance[short] = row
 
+    # Runs restricted with --models add to what earlier runs measured.
+    results = report.get("results", {}) | results
+    disturbance = report.get("disturbance", {}) | disturbance
     report |= {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "results": results,
