@@ -81,3 +81,36 @@ def test_lerobot_env_type_matches_pusht_features() -> None:
 def test_disturb_step_outside_the_episode_is_refused() -> None:
     with pytest.raises(ValueError, match=r"disturb_step \(300\) must lie inside the episode \[0, 300\)"):
         PushtDisturbedEnv(disturb_step=300)
+
+
+def place_block_on_goal(env: gym.Env) -> None:
+    sim = env.unwrapped
+    sim.block.angle = float(sim.goal_pose[2])
+    sim.block.position = (float(sim.goal_pose[0]), float(sim.goal_pose[1]))
+
+
+@pytest.mark.parametrize("score_after_disturbance", [True, False])
+def test_only_steps_after_the_push_are_scored(score_after_disturbance: bool) -> None:
+    env = gym.make(
+        PUSHT_DISTURBED_ID,
+        disturb_step=3,
+        obs_type="environment_state_agent_pos",
+        score_after_disturbance=score_after_disturbance,
+    )
+    env.reset(seed=3)
+    place_block_on_goal(env)  # solved before the push
+    _, reward, terminated, _, info = env.step(hold(env))
+    if not score_after_disturbance:
+        assert terminated and info["is_success"] and reward == pytest.approx(1.0)
+        return
+    assert (reward, terminated, info["is_success"]) == (0.0, False, False)
+    for _ in range(2):
+        _, reward, terminated, _, info = env.step(hold(env))
+        assert (reward, terminated, info["is_success"]) == (0.0, False, False)
+    # The push moves the block off the goal; from then on the env's own reward counts again.
+    _, reward, terminated, _, info = env.step(hold(env))
+    assert info["disturbed"] and not terminated
+    assert reward == pytest.approx(min(1.0, info["coverage"] / env.unwrapped.success_threshold))
+    place_block_on_goal(env)
+    _, reward, terminated, _, info = env.step(hold(env))
+    assert terminated and info["is_success"] and reward == pytest.approx(1.0)

@@ -6,6 +6,10 @@ block moves once, at `disturb_step`, to a pose drawn like gym-pusht's own reset 
 agent so that the two never overlap. The draw is seeded by the episode seed, so every policy evaluated on
 the same seeds meets the same disturbances.
 
+By default only what happens after the push is scored (`score_after_disturbance`): before it, reward is 0 and
+success does not end the episode, so that a policy which solves the task early is pushed too and success
+means recovering from the push, in the `episode_length - disturb_step` steps that remain.
+
 Needs `gym-pusht` (`pip install 'lerobot_policy_flowstep[pusht]'`).
 """
 
@@ -30,14 +34,22 @@ class BlockDisturbance(gym.Wrapper):
     """Moves the block of a gym-pusht `PushTEnv` to a random pose before the `disturb_step`-th action.
 
     `info["disturbed"]` is True from that step on; `info["disturbed_pose"]` holds the new (x, y, angle).
+    With `score_after_disturbance`, steps before the push give reward 0, never succeed and never terminate.
     """
 
-    def __init__(self, env: gym.Env, disturb_step: int, min_agent_distance: float = MIN_AGENT_DISTANCE):
+    def __init__(
+        self,
+        env: gym.Env,
+        disturb_step: int,
+        min_agent_distance: float = MIN_AGENT_DISTANCE,
+        score_after_disturbance: bool = True,
+    ):
         super().__init__(env)
         if disturb_step < 0:
             raise ValueError(f"disturb_step must be >= 0, got {disturb_step}.")
         self.disturb_step = disturb_step
         self.min_agent_distance = min_agent_distance
+        self.score_after_disturbance = score_after_disturbance
         self._steps = 0
         self._rng = np.random.default_rng()
         self._pose: np.ndarray | None = None
@@ -58,6 +70,9 @@ class BlockDisturbance(gym.Wrapper):
         info["disturbed"] = self._pose is not None
         if self._pose is not None:
             info["disturbed_pose"] = self._pose
+        elif self.score_after_disturbance:
+            reward, terminated = 0.0, False
+            info["is_success"] = False
         return observation, reward, terminated, truncated, info
 
     def sample_pose(self, agent_position: np.ndarray) -> np.ndarray:
@@ -83,7 +98,12 @@ class BlockDisturbance(gym.Wrapper):
         return pose
 
 
-def make_disturbed_pusht(disturb_step: int, min_agent_distance: float = MIN_AGENT_DISTANCE, **kwargs) -> gym.Env:
+def make_disturbed_pusht(
+    disturb_step: int,
+    min_agent_distance: float = MIN_AGENT_DISTANCE,
+    score_after_disturbance: bool = True,
+    **kwargs,
+) -> gym.Env:
     """Gym entry point of `flowstep/PushTDisturbed-v0`: gym-pusht's PushT-v0 wrapped in `BlockDisturbance`."""
     try:
         from gym_pusht.envs import PushTEnv
@@ -91,17 +111,19 @@ def make_disturbed_pusht(disturb_step: int, min_agent_distance: float = MIN_AGEN
         raise ModuleNotFoundError(
             "The disturbed PushT env needs gym-pusht: pip install 'lerobot_policy_flowstep[pusht]'."
         ) from err
-    return BlockDisturbance(PushTEnv(**kwargs), disturb_step, min_agent_distance)
+    return BlockDisturbance(PushTEnv(**kwargs), disturb_step, min_agent_distance, score_after_disturbance)
 
 
 @EnvConfig.register_subclass("flowstep_pusht_disturbed")
 @dataclass
 class PushtDisturbedEnv(PushtEnv):
-    """LeRobot's `pusht` env with the block pushed to a random pose before action `disturb_step`."""
+    """LeRobot's `pusht` env with the block pushed to a random pose before action `disturb_step`; with
+    `score_after_disturbance` (default), only the steps from the push on are scored."""
 
     task: str | None = "PushTDisturbed-v0"
     disturb_step: int = 100
     min_agent_distance: float = MIN_AGENT_DISTANCE
+    score_after_disturbance: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -123,4 +145,5 @@ class PushtDisturbedEnv(PushtEnv):
         return super().gym_kwargs | {
             "disturb_step": self.disturb_step,
             "min_agent_distance": self.min_agent_distance,
+            "score_after_disturbance": self.score_after_disturbance,
         }
