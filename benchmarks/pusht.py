@@ -46,8 +46,9 @@ from lerobot_flowstep.training import delta_timestamps, load_samples, train_poli
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "pusht"
 OBS_TYPE = "environment_state_agent_pos"
-# teacher_equal_budget: the teacher's config at the diffusion policy's steps and batch size.
-MODELS = ("teacher", "student", "teacher_equal_budget", "diffusion")
+# teacher_equal_budget: the teacher's config at the diffusion policy's steps and batch size; teacher_unet: the
+# teacher with the diffusion policy's U-Net, steps and batch size (CFM vs DDPM on the same network and budget).
+MODELS = ("teacher", "student", "teacher_equal_budget", "teacher_unet", "diffusion")
 CONTROL_HZ = 10.0
 
 
@@ -200,6 +201,9 @@ def main() -> None:
     if "teacher_equal_budget" in models:
         run_dir = output / "teacher_equal_budget"
         checkpoints["teacher_equal_budget"] = train(equal_cfg, run_dir, samples, timings, "teacher_equal_budget")
+    if "teacher_unet" in models:
+        unet_cfg = train_config(args.configs, "teacher_unet", output)
+        checkpoints["teacher_unet"] = train(unet_cfg, output / "teacher_unet", samples, timings, "teacher_unet")
     if "student" in models:
         cache_path = output / "teacher" / "teacher_samples.safetensors"
         if not cache_path.exists():
@@ -242,7 +246,8 @@ def main() -> None:
     teacher_small = Evaluation(
         f"teacher ({teacher_steps} Euler steps), diffusion's budget {small}", "teacher_equal_budget"
     )
-    evaluations = [teacher, student, student_1, teacher_small, ddim]
+    teacher_unet = Evaluation(f"teacher, U-Net ({teacher_steps} Euler steps), {small}", "teacher_unet")
+    evaluations = [teacher, student, student_1, teacher_small, teacher_unet, ddim]
     if not args.no_ddpm:
         evaluations.append(Evaluation(f"diffusion (DDPM-100), {small}", "diffusion"))
 

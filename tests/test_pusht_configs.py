@@ -27,6 +27,12 @@ def test_teacher_and_diffusion_configs_parse_and_agree() -> None:
         cfg.validate()
     for name in ("n_obs_steps", "horizon", "n_action_steps"):
         assert getattr(teacher.policy, name) == getattr(diffusion.policy, name)
+    # The U-Net teacher: the diffusion policy's network, steps and batch size, so only the objective differs.
+    unet = TrainPipelineConfig.from_pretrained(CONFIGS / "teacher_unet.json", cli_args=[])
+    assert unet.policy.network.type == "unet"
+    assert tuple(unet.policy.network.down_dims) == tuple(diffusion.policy.down_dims)
+    assert (unet.steps, unet.batch_size) == (diffusion.steps, diffusion.batch_size)
+    assert unet.policy.optimizer_lr == diffusion.policy.optimizer_lr
     # LeRobot's diffusion preset leaves the keypoint state unnormalized; ours normalizes it MIN_MAX.
     assert {k: v.value for k, v in diffusion.policy.normalization_mapping.items()} == {
         k: v.value for k, v in teacher.policy.normalization_mapping.items()
