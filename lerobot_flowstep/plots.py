@@ -71,7 +71,7 @@ def plot_benchmark(results: dict[str, dict], disturbance: dict[str, dict], path:
     for name, row in list(disturbance.items())[::-1]:
         for key, color in (("disturbed", "#cd4137"), ("undisturbed", "#1f5fbf")):
             r = row[key]
-            label = f"{name}, every {row['replan_every']}, {key}  [success {r['success_rate']:.0%}]"
+            label = f"{name}, {key}  [success {r['success_rate']:.0%}]"
             bars.append((label, r["mean_max_reward"], r["mean_max_reward_ci95"], color))
     if bars:
         labels, values, intervals, colors = zip(*bars, strict=True)
