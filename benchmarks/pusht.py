@@ -274,7 +274,7 @@ def main() -> None:
             policy_args = dict(base.policy_args)
             if period != config.n_action_steps:
                 policy_args["n_action_steps"] = period
-            label = f"{short}, every {period}" + (" (as fast as its latency allows)" if period == fastest else "")
+            label = f"{short}, every {period}" + (" (latency-limited)" if period == fastest else "")
             row = {"replan_every": period, "latency_limited": period == fastest}
             for disturbed in (False, True):
                 row["disturbed" if disturbed else "undisturbed"] = run_eval(

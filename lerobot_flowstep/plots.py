@@ -78,7 +78,7 @@ def plot_benchmark(results: dict[str, dict], disturbance: dict[str, dict], path:
         _interval_bars(right, list(labels), list(values), list(intervals), color=list(colors), alpha=0.8)
     right.set_xlim(0, 1)
     right.set_xlabel("mean max reward")
-    right.set_title("Block pushed mid-episode (red) or not (blue), re-planning every k actions", fontsize=10)
+    right.set_title("Block pushed mid-episode (red) or not (blue)", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -29,9 +29,24 @@ def add_camera_features(
     features_map[f"camera.{camera}.extrinsics"] = extrinsics_key(camera)
 
 
+class FlowstepGymIds:
+    """For env configs whose gym ids are registered under `flowstep/` when this package is imported (which is
+    what LeRobot's `create_envs` imports when the id is not yet known)."""
+
+    task: str | None
+
+    @property
+    def package_name(self) -> str:
+        return "lerobot_flowstep"
+
+    @property
+    def gym_id(self) -> str:
+        return f"flowstep/{self.task}"
+
+
 @EnvConfig.register_subclass("flowstep_obstacle")
 @dataclass
-class ObstacleEnvConfig(EnvConfig):
+class ObstacleEnvConfig(FlowstepGymIds, EnvConfig):
     """ObstacleReach (see `lerobot_flowstep.envs.obstacle`); `num_modes` is 2 or 4.
 
     `features` / `features_map` are keyed by the env's raw observation keys (LeRobot's convention, with
@@ -68,14 +83,6 @@ class ObstacleEnvConfig(EnvConfig):
         # Rebuilt rather than merged so that draccus-parsed or copied configs never keep stale entries.
         self.features = features
         self.features_map = features_map
-
-    @property
-    def package_name(self) -> str:
-        return "lerobot_flowstep"
-
-    @property
-    def gym_id(self) -> str:
-        return f"flowstep/{self.task}"
 
     @property
     def gym_kwargs(self) -> dict:

@@ -23,6 +23,8 @@ import gymnasium as gym
 import numpy as np
 from lerobot.envs.configs import EnvConfig, PushtEnv
 
+from .configs import FlowstepGymIds
+
 # gym-pusht's reset draws the block centre from [100, 400)^2 and its angle from U(-pi, pi).
 BLOCK_POSITION_RANGE = (100, 400)
 # The T's farthest point is ~75 px from its centre of mass and the agent disc has radius 15: beyond this
@@ -116,7 +118,7 @@ def make_disturbed_pusht(
 
 @EnvConfig.register_subclass("flowstep_pusht_disturbed")
 @dataclass
-class PushtDisturbedEnv(PushtEnv):
+class PushtDisturbedEnv(FlowstepGymIds, PushtEnv):
     """LeRobot's `pusht` env with the block pushed to a random pose before action `disturb_step`; with
     `score_after_disturbance` (default), only the steps from the push on are scored."""
 
@@ -131,14 +133,6 @@ class PushtDisturbedEnv(PushtEnv):
             raise ValueError(
                 f"disturb_step ({self.disturb_step}) must lie inside the episode [0, {self.episode_length})."
             )
-
-    @property
-    def package_name(self) -> str:
-        return "lerobot_flowstep"
-
-    @property
-    def gym_id(self) -> str:
-        return f"flowstep/{self.task}"
 
     @property
     def gym_kwargs(self) -> dict:
