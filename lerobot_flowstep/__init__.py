@@ -1,7 +1,8 @@
 """lerobot-flowstep: a CFM teacher distilled into a one-step IMLE student, as a LeRobot policy plugin.
 
 Importing this package registers the policy configs (`flowstep_teacher`), the point-cloud processor step
-(`flowstep_pointcloud`) and the env types (`flowstep_obstacle`) with LeRobot.
+(`flowstep_pointcloud`) and the env types (`flowstep_obstacle`, `flowstep_pusht_disturbed`, `rlbench`) with
+LeRobot.
 """
 
 from . import envs, policies, processor  # noqa: F401  (imported for their registrations)
