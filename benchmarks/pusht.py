@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from lerobot.configs import PreTrainedConfig
 from lerobot.configs.train import TrainPipelineConfig
 from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 from lerobot.envs.configs import PushtEnv
@@ -269,7 +270,7 @@ def main() -> None:
     disturbance = {}
     for base in (e for e in (teacher, student, student_1, ddim) if e.model in models):
         latency = latency_of(base)
-        config = load_checkpoint(checkpoints[base.model], **base.policy_args)[0].config
+        config = PreTrainedConfig.from_pretrained(checkpoints[base.model])
         fastest = replan_period(latency["median_ms"], CONTROL_HZ, config.horizon - config.n_obs_steps + 1)
         short = base.name.split(",")[0]
         for period in sorted({fastest, config.n_action_steps}):

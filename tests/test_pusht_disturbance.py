@@ -12,6 +12,7 @@ import gymnasium as gym  # noqa: E402
 from lerobot.envs.configs import PushtEnv  # noqa: E402
 from lerobot.envs.factory import make_env  # noqa: E402
 
+from lerobot_flowstep.converters.zarr import pusht_environment_state  # noqa: E402
 from lerobot_flowstep.envs import PUSHT_DISTURBED_ID, PushtDisturbedEnv  # noqa: E402
 from lerobot_flowstep.envs.pusht_disturbance import MIN_AGENT_DISTANCE  # noqa: E402
 
@@ -45,9 +46,10 @@ def test_block_lands_at_the_drawn_pose_at_the_given_step() -> None:
     np.testing.assert_allclose(block_pose(env), drawn, atol=1e-6)
     assert not np.allclose(block_pose(env)[:2], poses[-1][:2], atol=1.0)
     assert np.linalg.norm(drawn[:2] - hold(env)) >= MIN_AGENT_DISTANCE
-    # The environment_state observation follows the moved block (its keypoints are in the observation).
+    # The environment_state observation follows the moved block: its keypoints are those of the drawn pose.
     observation, *_ = env.step(hold(env))
-    assert observation["environment_state"].shape == (16,)
+    expected = pusht_environment_state(drawn[None])[0]
+    np.testing.assert_allclose(observation["environment_state"], expected, atol=1e-3)
 
 
 def test_disturbances_are_seeded_and_leave_initial_states_alone() -> None:

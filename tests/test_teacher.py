@@ -93,6 +93,31 @@ def test_sample_returns_m_trajectories_per_observation_and_select_action_replans
     assert len(calls) == 3  # steps 0, 4 and 8 re-plan with n_action_steps = 4
 
 
+def test_select_action_sees_its_history_and_training_never_sees_the_queues():
+    cfg = _config()
+    policy = FlowstepTeacherPolicy(cfg).eval()
+    pre, _ = make_pre_post_processors(cfg, dataset_stats=_stats())
+    batch = pre(_raw_batch())
+    keys = policy.encoder.input_keys
+    expected = policy.encode(batch)  # the dataloader batch, time dimension included
+
+    # A rollout: two observations through select_action; the chunk is conditioned on both, oldest first.
+    seen = []
+    original = policy.encode
+    policy.encode = lambda b: seen.append({k: b[k] for k in keys}) or original(b)
+    policy.reset()
+    other = {k: v.flip(0) for k, v in batch.items() if k.startswith("observation.")}
+    policy.select_action({k: v[:, 0] for k, v in other.items()})
+    policy._queues["action"].clear()  # force a re-plan at the next step
+    policy.select_action({k: v[:, 1] for k, v in other.items()})
+    for k in keys:
+        torch.testing.assert_close(seen[-1][k], other[k])
+    policy.encode = original
+
+    # A training step right after the rollout, without reset: its own batch, not the rollout's queues.
+    torch.testing.assert_close(policy.encode(batch), expected)
+
+
 def test_from_pretrained_round_trip_gives_the_same_actions(tmp_path):
     cfg = _config()
     policy = FlowstepTeacherPolicy(cfg).eval()

@@ -50,11 +50,10 @@ class FlowstepBasePolicy(PreTrainedPolicy):
         self._last_chunk = None
 
     def _observation_history(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """(B, n_obs_steps, ...) tensors for the encoder, from the queues when filled by select_action,
-        else from the batch itself (a dataloader batch already has the time dimension)."""
+        """(B, n_obs_steps, ...) tensors for the encoder, from the batch alone: a dataloader batch (and what
+        select_action builds from its queues) already has the time dimension; a single observation is
+        repeated. The queues are never read here, so a training step after a rollout cannot see them."""
         keys = self.encoder.input_keys
-        if all(len(self._queues[k]) > 0 for k in keys):
-            return {k: torch.stack(list(self._queues[k]), dim=1) for k in keys}
         history = {}
         for k in keys:
             x = batch[k]
@@ -112,7 +111,8 @@ class FlowstepBasePolicy(PreTrainedPolicy):
         # The preprocessed observation carries an `action: None` entry that must not enter the action queue.
         self._queues = populate_queues(self._queues, batch, exclude_keys=[ACTION])
         if len(self._queues[ACTION]) == 0:
-            chunk = self.predict_action_chunk(batch, noise=noise)
+            history = {k: torch.stack(list(self._queues[k]), dim=1) for k in self.encoder.input_keys}
+            chunk = self.predict_action_chunk({**batch, **history}, noise=noise)
             self._last_chunk = chunk
             start = self.config.n_obs_steps - 1
             self._queues[ACTION].extend(chunk[:, start : start + self.config.n_action_steps].transpose(0, 1))
