@@ -145,7 +145,8 @@ def check_encoder_inputs(cfg: EncoderConfig, input_features: dict[str, PolicyFea
 
 
 class UnifiedObservationEncoder(nn.Module):
-    """Encodes a batch whose features have shape (B, n_obs_steps, ...) into (B, cond_dim)."""
+    """Encodes a batch whose features have shape (B, n_obs_steps, ...) into (B, cond_dim), in two stages that
+    can also be called apart: `encode_frames` (each frame on its own) and `fuse_steps` (the history)."""
 
     def __init__(self, cfg: EncoderConfig, input_features: dict[str, PolicyFeature], n_obs_steps: int):
         super().__init__()
@@ -192,25 +193,42 @@ class UnifiedObservationEncoder(nn.Module):
         return self.vector_keys + self.rgb_keys + self.depth_keys + self.pointcloud_keys
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        """(B, n_obs_steps, ...) features -> (B, cond_dim): every (sample, step) frame encoded, then fused."""
+        self.check_keys(batch)
+        b, s = batch[self.input_keys[0]].shape[:2]
+        frames = {k: batch[k].flatten(0, 1) for k in self.input_keys}
+        return self.fuse_steps(self.encode_frames(frames).reshape(b, s, self.step_dim))
+
+    def encode_frames(self, frames: dict[str, Tensor]) -> Tensor:
+        """Per-frame features (N, step_dim) of N frames (no time dimension), in the order vector, RGB, depth,
+        point-cloud keys. A rollout caches these so that each frame is encoded once, not at every re-plan."""
+        self.check_keys(frames)
+        parts = [frames[k] for k in self.vector_keys]
+        if self._shared_rgb:
+            # One backbone call for all cameras, as LeRobot's diffusion policy does: fewer, larger kernels.
+            # GroupNorm normalizes each image on its own, so stacking cameras changes no feature.
+            n = frames[self.rgb_keys[0]].shape[0]
+            images = [frames[k] for k in self.rgb_keys]
+            stacked = images[0] if len(images) == 1 else torch.cat(images, dim=0)
+            parts.extend(self.rgb_encoders["shared"](stacked).split(n, dim=0))
+        else:
+            parts.extend(self.rgb_encoders[_module_name(k)](frames[k]) for k in self.rgb_keys)
+        for key in self.depth_keys:
+            depth = torch.nan_to_num(frames[key], nan=0.0, posinf=0.0, neginf=0.0)
+            parts.append(self.depth_encoders[_module_name(key)](depth))
+        for key in self.pointcloud_keys:
+            parts.append(self.pointnets[_module_name(key)](frames[key]))
+        return torch.cat(parts, dim=-1)
+
+    def fuse_steps(self, step_features: Tensor) -> Tensor:
+        """(B, n_obs_steps, step_dim) per-frame features, oldest first -> (B, cond_dim)."""
+        return self.fuse(step_features.flatten(start_dim=1))
+
+    def check_keys(self, batch: dict[str, Tensor]) -> None:
+        """Raise, naming them, when observation keys the encoder needs are absent."""
         missing = [k for k in self.input_keys if k not in batch]
         if missing:
             raise KeyError(f"The encoder needs observation keys {missing}, absent from the batch.")
-        reference = batch[self.input_keys[0]]
-        b, s = reference.shape[:2]
-        parts = [batch[k] for k in self.vector_keys]
-        for key in self.rgb_keys:
-            encoder = self.rgb_encoders["shared" if self._shared_rgb else _module_name(key)]
-            parts.append(_per_step(encoder, batch[key], b, s))
-        for key in self.depth_keys:
-            depth = torch.nan_to_num(batch[key], nan=0.0, posinf=0.0, neginf=0.0)
-            parts.append(_per_step(self.depth_encoders[_module_name(key)], depth, b, s))
-        for key in self.pointcloud_keys:
-            parts.append(_per_step(self.pointnets[_module_name(key)], batch[key], b, s))
-        return self.fuse(torch.cat(parts, dim=-1).flatten(start_dim=1))
-
-
-def _per_step(module: nn.Module, x: Tensor, b: int, s: int) -> Tensor:
-    return module(x.flatten(0, 1)).reshape(b, s, -1)
 
 
 def _module_name(key: str) -> str:

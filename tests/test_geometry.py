@@ -141,7 +141,7 @@ def test_fuse_pointcloud_crops_to_bounds_and_keeps_colour():
     depth = _depth_of_plane_z0(K, pose, 24, 32).float()
     colors = torch.rand(3, 24, 32)
     low, high = [-0.2, -0.2, -0.01], [0.2, 0.2, 0.01]
-    cloud = fuse_pointcloud([depth[None]], [K.float()], [pose.float()], 32, low, high, colors=[colors])
+    cloud = fuse_pointcloud([depth], [K.float()], [pose.float()], 32, low, high, colors=[colors])
     assert cloud.shape == (32, 6)
     assert in_bounds(cloud[:, :3], low, high).all()
     # Each point's colour is the colour of the pixel it came from.

@@ -9,6 +9,7 @@ import json
 import pickle
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -24,16 +25,16 @@ from rlbench_fixtures import encode_depth, write_episode, write_pickle, write_ta
 from lerobot_flowstep.constants import OBS_POINTCLOUD, depth_key, extrinsics_key, intrinsics_key, rgb_key
 from lerobot_flowstep.converters import rlbench as rlb
 from lerobot_flowstep.converters.rlbench import (
-    PointCloudOptions,
     RLBenchDataError,
     check_rlbench_geometry,
     convert_rlbench,
     decode_depth,
     keypoint_discovery,
     load_observations,
+    rlbench_pointcloud_config,
 )
 from lerobot_flowstep.converters.rlbench_cli import add_convert_rlbench_parser
-from lerobot_flowstep.geometry import depth_to_world_points, flip_negative_focal, fuse_pointcloud
+from lerobot_flowstep.geometry import depth_to_world_points, flip_negative_focal
 from lerobot_flowstep.lerobot_commands import last_checkpoint, lerobot_train, offline_env, train_args
 from lerobot_flowstep.processor.pointcloud import PointCloudProcessorStep
 
@@ -341,7 +342,7 @@ def test_joint_position_actions(tmp_path: Path, synthetic) -> None:
 def test_stored_pointcloud_equals_the_processor_step(tmp_path: Path, synthetic) -> None:
     task_dir, _ = synthetic
     out = tmp_path / "pc"
-    options = PointCloudOptions(cameras=["front", "wrist"], num_points=48, use_rgb=True)
+    options = rlbench_pointcloud_config(cameras=["front", "wrist"], num_points=48, use_rgb=True)
     convert_rlbench(
         task_dir, out, repo_id=REPO_ID, cameras=["front", "wrist", "overhead"], pointcloud=options, progress=False
     )
@@ -362,7 +363,8 @@ def test_stored_pointcloud_equals_the_processor_step(tmp_path: Path, synthetic) 
     assert bool(((item[OBS_POINTCLOUD][:, :3] >= low) & (item[OBS_POINTCLOUD][:, :3] <= high)).all())
 
 
-def test_converter_cloud_equals_fuse_pointcloud_on_real_frames() -> None:
+def test_converter_cloud_is_the_processor_steps_cloud_on_real_frames() -> None:
+    """One fuse function: the converter's stored clouds are what the policy's step makes online."""
     episode_dir = shared_path(*REAL_TASK, "variation0", "episodes", "episode1")
     observations = raw_observations(episode_dir)
     cams, frames = ["front", "wrist"], [0, 63]
@@ -383,7 +385,7 @@ def test_converter_cloud_equals_fuse_pointcloud_on_real_frames() -> None:
             np.stack([m[f"{cam}_camera_intrinsics"] for m in misc]),
             np.stack([m[f"{cam}_camera_extrinsics"] for m in misc]),
         )
-    options = PointCloudOptions(cameras=cams, num_points=128, use_rgb=True)
+    options = rlbench_pointcloud_config(cameras=cams, num_points=128, use_rgb=True)
     ours = rlb.fused_pointclouds(
         [depth[c] for c in cams],
         [intrinsics[c] for c in cams],
@@ -391,16 +393,16 @@ def test_converter_cloud_equals_fuse_pointcloud_on_real_frames() -> None:
         options,
         [rgb[c] for c in cams],
     )
-    reference = fuse_pointcloud(
-        [torch.from_numpy(depth[c])[:, None] for c in cams],
-        [torch.from_numpy(intrinsics[c]).float() for c in cams],
-        [torch.from_numpy(extrinsics[c]).float() for c in cams],
-        num_points=128,
-        bounds_low=options.bounds_low,
-        bounds_high=options.bounds_high,
-        colors=[torch.from_numpy(rgb[c]).permute(0, 3, 1, 2).float() / 255.0 for c in cams],
-    )
-    np.testing.assert_array_equal(ours, reference.numpy())
+    step = PointCloudProcessorStep(**asdict(options))
+    observation = {}
+    for c in cams:
+        observation[depth_key(c)] = torch.from_numpy(depth[c])[:, None]
+        observation[intrinsics_key(c)] = torch.from_numpy(intrinsics[c]).float()
+        observation[extrinsics_key(c)] = torch.from_numpy(extrinsics[c]).float()
+        observation[rgb_key(c)] = torch.from_numpy(rgb[c]).permute(0, 3, 1, 2).float() / 255.0
+    reference = step.observation(observation)[OBS_POINTCLOUD]
+    np.testing.assert_allclose(ours, reference.numpy(), atol=1e-6, rtol=0)
+    assert ours.shape == (len(frames), 128, 6)
 
 
 # --- layouts and task text ------------------------------------------------------------------------
@@ -529,7 +531,11 @@ def test_unknown_camera_and_existing_output(tmp_path: Path) -> None:
         convert_rlbench(task_dir, tmp_path / "x", cameras=["front", "side"], progress=False)
     with pytest.raises(ValueError, match="point-cloud cameras"):
         convert_rlbench(
-            task_dir, tmp_path / "x", cameras=["front"], pointcloud=PointCloudOptions(cameras=["wrist"]), progress=False
+            task_dir,
+            tmp_path / "x",
+            cameras=["front"],
+            pointcloud=rlbench_pointcloud_config(cameras=["wrist"]),
+            progress=False,
         )
     with pytest.raises(FileNotFoundError, match="no RLBench episodes"):
         convert_rlbench(tmp_path, tmp_path / "x", progress=False)

@@ -73,9 +73,9 @@ def test_env_type_is_registered_and_matches_the_converted_dataset() -> None:
 
 
 def _pointcloud_options(cameras):
-    from lerobot_flowstep.converters.rlbench import PointCloudOptions
+    from lerobot_flowstep.converters.rlbench import rlbench_pointcloud_config
 
-    return PointCloudOptions(cameras=cameras)
+    return rlbench_pointcloud_config(cameras=cameras)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("rlbench") is not None, reason="RLBench is installed here")

@@ -84,8 +84,8 @@ def test_sample_returns_m_trajectories_per_observation_and_select_action_replans
     assert not torch.allclose(samples[:, 0], samples[:, 1])  # distinct noise per sample
 
     calls = []
-    original = policy.predict_action_chunk
-    policy.predict_action_chunk = lambda b, noise=None: calls.append(1) or original(b, noise)
+    original = policy._chunk_from_cond
+    policy._chunk_from_cond = lambda cond, noise=None: calls.append(1) or original(cond, noise)
     policy.reset()
     obs = {k: v[:, -1] for k, v in batch.items() if k.startswith("observation.")}
     actions = [post(policy.select_action(obs)) for _ in range(9)]
@@ -98,21 +98,19 @@ def test_select_action_sees_its_history_and_training_never_sees_the_queues():
     policy = FlowstepTeacherPolicy(cfg).eval()
     pre, _ = make_pre_post_processors(cfg, dataset_stats=_stats())
     batch = pre(_raw_batch())
-    keys = policy.encoder.input_keys
     expected = policy.encode(batch)  # the dataloader batch, time dimension included
 
     # A rollout: two observations through select_action; the chunk is conditioned on both, oldest first.
     seen = []
-    original = policy.encode
-    policy.encode = lambda b: seen.append({k: b[k] for k in keys}) or original(b)
+    original = policy._chunk_from_cond
+    policy._chunk_from_cond = lambda cond, noise=None: seen.append(cond) or original(cond, noise)
     policy.reset()
     other = {k: v.flip(0) for k, v in batch.items() if k.startswith("observation.")}
     policy.select_action({k: v[:, 0] for k, v in other.items()})
     policy._queues["action"].clear()  # force a re-plan at the next step
     policy.select_action({k: v[:, 1] for k, v in other.items()})
-    for k in keys:
-        torch.testing.assert_close(seen[-1][k], other[k])
-    policy.encode = original
+    torch.testing.assert_close(seen[-1], policy.encode(other))
+    policy._chunk_from_cond = original
 
     # A training step right after the rollout, without reset: its own batch, not the rollout's queues.
     torch.testing.assert_close(policy.encode(batch), expected)
@@ -176,3 +174,23 @@ def test_bad_solver_and_chunking_are_refused():
         FlowstepTeacherConfig(device="cpu", ode_solver="rk4")
     with pytest.raises(ValueError, match="n_action_steps"):
         FlowstepTeacherConfig(device="cpu", horizon=4, n_action_steps=8)
+
+
+def test_a_rollout_frame_without_valid_depth_gives_finite_actions_and_bad_intrinsics_name_the_camera(caplog):
+    """Empty clouds happen at evaluation (a camera sees only the far wall): the rollout goes on."""
+    cfg = _config()
+    cfg.pointcloud.bounds_low, cfg.pointcloud.bounds_high = [-1.0, -1.0, 0.5], [1.0, 1.0, 3.0]
+    policy = FlowstepTeacherPolicy(cfg).eval()
+    pre, post = make_pre_post_processors(cfg, dataset_stats=_stats())
+    frame = {k: v[:, 0] for k, v in _raw_batch(b=2).items() if k.startswith("observation.")}
+    frame["observation.depth.top"] = frame["observation.depth.top"].clone()
+    frame["observation.depth.top"][1] = 0.0  # env 1: every pixel invalid
+    policy.reset()
+    for _ in range(cfg.n_action_steps + 1):  # two re-plans
+        action = post(policy.select_action(pre(dict(frame))))
+        assert action.shape == (2, 2) and torch.isfinite(action).all()
+    assert "have no valid depth point of cameras ['top']" in caplog.text
+    frame["observation.camera.top.intrinsics"] = torch.tensor(K).expand(2, 3, 3).clone()
+    frame["observation.camera.top.intrinsics"][0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="camera 'top': intrinsics hold NaN or inf"):
+        policy.select_action(pre(dict(frame)))

@@ -52,14 +52,8 @@ from tqdm import tqdm
 
 from lerobot_flowstep.constants import OBS_POINTCLOUD, depth_key, extrinsics_key, intrinsics_key, rgb_key
 from lerobot_flowstep.datasets.atomic import atomic_lerobot_dataset, check_destination
-from lerobot_flowstep.geometry import (
-    depth_to_world_points,
-    farthest_point_sample,
-    flip_negative_focal,
-    gather_points,
-    in_bounds,
-    project_points,
-)
+from lerobot_flowstep.geometry import depth_to_world_points, flip_negative_focal, project_points
+from lerobot_flowstep.processor.pointcloud import PointCloudConfig
 
 RLBENCH_CAMERAS = ("front", "left_shoulder", "right_shoulder", "overhead", "wrist")
 FPS = 20
@@ -310,64 +304,50 @@ def keypoint_discovery(
     return keypoints
 
 
-@dataclass
-class PointCloudOptions:
-    """The fused point cloud stored as `observation.pointcloud` (same meaning as the policy's `pointcloud`)."""
-
-    cameras: list[str] = field(default_factory=lambda: list(RLBENCH_CAMERAS))
-    num_points: int = 1024
-    use_rgb: bool = False
-    bounds_low: list[float] | None = field(default_factory=lambda: list(DEFAULT_BOUNDS_LOW))
-    bounds_high: list[float] | None = field(default_factory=lambda: list(DEFAULT_BOUNDS_HIGH))
-
-    def __post_init__(self) -> None:
-        if self.num_points < 1:
-            raise ValueError(f"point cloud num_points must be >= 1, got {self.num_points}")
-        if not self.cameras:
-            raise ValueError("point cloud cameras must not be empty")
-        if (self.bounds_low is None) != (self.bounds_high is None):
-            raise ValueError("give both point-cloud bounds or neither")
-        for bound in (self.bounds_low, self.bounds_high):
-            if bound is not None and len(bound) != 3:
-                raise ValueError(f"point-cloud bounds need 3 numbers (x, y, z), got {bound}")
+def rlbench_pointcloud_config(
+    cameras: Sequence[str] = RLBENCH_CAMERAS,
+    num_points: int = 1024,
+    use_rgb: bool = False,
+    bounds_low: Sequence[float] = DEFAULT_BOUNDS_LOW,
+    bounds_high: Sequence[float] = DEFAULT_BOUNDS_HIGH,
+    **kwargs: Any,
+) -> PointCloudConfig:
+    """The point-cloud settings of the RLBench configs: the policy's own `PointCloudConfig`, so that a stored
+    cloud and the processor step's cloud are made by the same function with the same settings."""
+    return PointCloudConfig(
+        cameras=list(cameras),
+        num_points=num_points,
+        use_rgb=use_rgb,
+        bounds_low=list(bounds_low),
+        bounds_high=list(bounds_high),
+        **kwargs,
+    )
 
 
 def fused_pointclouds(
     depths: Sequence[np.ndarray],
     intrinsics: Sequence[np.ndarray],
     extrinsics: Sequence[np.ndarray],
-    options: PointCloudOptions,
+    pointcloud: PointCloudConfig,
     colors: Sequence[np.ndarray] | None = None,
+    empty_fill: Sequence[float] | None = None,
 ) -> np.ndarray:
     """(T, num_points, 3 or 6) float32 clouds from per-camera depths (T, H, W) metres, OpenCV intrinsics
-    (T, 3, 3), camera-to-world extrinsics (T, 4, 4) and optional colours (T, H, W, 3) uint8.
+    (T, 3, 3), camera-to-world extrinsics (T, 4, 4) and optional colours (T, H, W, 3) uint8: numpy in and out
+    around `PointCloudConfig.fuse`, the processor step's own function. A frame with no point inside the
+    bounds raises, unless `empty_fill` is given (see `geometry.fuse_pointcloud`)."""
 
-    The same result as `geometry.fuse_pointcloud` (hence as `PointCloudProcessorStep`): float32, same
-    back-projection, crop and deterministic farthest-point sampling. Points outside the bounds are dropped
-    before sampling rather than masked, which picks the same points (masked points are never picked and do
-    not affect the distances) in about half the time on RLBench's 128x128 cameras.
-    """
-    clouds = []
-    for t in range(depths[0].shape[0]):
-        points, features = [], []
-        for i in range(len(depths)):
-            world, valid = depth_to_world_points(
-                torch.from_numpy(np.asarray(depths[i][t], dtype=np.float32)),
-                torch.from_numpy(np.asarray(intrinsics[i][t], dtype=np.float32)),
-                torch.from_numpy(np.asarray(extrinsics[i][t], dtype=np.float32)),
-            )
-            if options.bounds_low is not None and options.bounds_high is not None:
-                valid = valid & in_bounds(world, options.bounds_low, options.bounds_high)
-            points.append(world[valid])
-            if colors is not None:
-                rgb = torch.from_numpy(np.asarray(colors[i][t])).permute(2, 0, 1).float() / 255.0
-                features.append(torch.cat([world, rgb.flatten(-2).transpose(-1, -2)], dim=-1)[valid])
-        cloud = torch.cat(points)
-        if len(cloud) == 0:
-            raise ValueError(f"frame {t}: no depth point of cameras {options.cameras} lies inside the bounds")
-        indices = farthest_point_sample(cloud, options.num_points)
-        clouds.append(gather_points(torch.cat(features) if colors is not None else cloud, indices).numpy())
-    return np.stack(clouds).astype(np.float32)
+    def tensor(array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+    clouds = pointcloud.fuse(
+        [tensor(d) for d in depths],
+        [tensor(k) for k in intrinsics],
+        [tensor(t) for t in extrinsics],
+        colors=[tensor(c).permute(0, 3, 1, 2) / 255.0 for c in colors] if colors is not None else None,
+        empty_fill=empty_fill,
+    )
+    return clouds.numpy().astype(np.float32, copy=False)
 
 
 # --- episodes on disk --------------------------------------------------------------------------------
@@ -635,7 +615,7 @@ def rlbench_dataset_features(
     cameras: Sequence[str],
     image_shapes: dict[str, tuple[int, int]],
     action_mode: str,
-    pointcloud: PointCloudOptions | None = None,
+    pointcloud: PointCloudConfig | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The LeRobot feature spec `convert_rlbench` writes."""
     features: dict[str, dict[str, Any]] = {
@@ -686,7 +666,7 @@ def convert_rlbench(
     cameras: Sequence[str] = RLBENCH_CAMERAS,
     action_mode: str = "ee_pose",
     keyframes_only: bool = False,
-    pointcloud: PointCloudOptions | None = None,
+    pointcloud: PointCloudConfig | None = None,
     variations: Iterable[int] | None = None,
     max_episodes: int | None = None,
     skip_bad_episodes: bool = False,
@@ -813,7 +793,7 @@ def _write_episode(
     cameras: Sequence[str],
     action_mode: str,
     keyframes_only: bool,
-    pointcloud: PointCloudOptions | None,
+    pointcloud: PointCloudConfig | None,
     variation: int,
     description: str,
 ) -> int:

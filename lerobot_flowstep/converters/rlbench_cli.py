@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..processor.pointcloud import PointCloudConfig
 from .rlbench import (
     ACTION_MODES,
     DEFAULT_BOUNDS_HIGH,
     DEFAULT_BOUNDS_LOW,
     RLBENCH_CAMERAS,
-    PointCloudOptions,
     check_rlbench_geometry,
     convert_rlbench,
     discover_episodes,
@@ -40,12 +40,13 @@ def _convert_rlbench(args: argparse.Namespace) -> None:
             raise ValueError(f"geometry check failed on {episodes[0].name}; not converting (see above)")
     pointcloud = None
     if args.pointcloud:
-        pointcloud = PointCloudOptions(
+        pointcloud = PointCloudConfig(
             cameras=_names(args.pointcloud_cameras) if args.pointcloud_cameras else list(cameras),
             num_points=args.num_points,
             use_rgb=args.pointcloud_rgb,
             bounds_low=list(args.bounds_low),
             bounds_high=list(args.bounds_high),
+            voxel_size=args.voxel_size,
         )
     summary = convert_rlbench(
         Path(args.input),
@@ -91,6 +92,9 @@ def add_convert_rlbench_parser(convert_subparsers: argparse._SubParsersAction) -
     parser.add_argument("--pointcloud-cameras", default=None, help="cameras fused into it (default: --cameras)")
     parser.add_argument("--num-points", type=int, default=1024, help="farthest-point-sampled cloud size")
     parser.add_argument("--pointcloud-rgb", action="store_true", help="append each point's colour in [0, 1]")
+    parser.add_argument(
+        "--voxel-size", type=float, default=None, help="voxel side (m) before sampling; as the policy's pointcloud"
+    )
     parser.add_argument("--bounds-low", type=float, nargs=3, default=DEFAULT_BOUNDS_LOW, metavar=("X", "Y", "Z"))
     parser.add_argument("--bounds-high", type=float, nargs=3, default=DEFAULT_BOUNDS_HIGH, metavar=("X", "Y", "Z"))
     parser.add_argument("--variations", default=None, help="comma-separated variation numbers to keep (default: all)")

@@ -54,11 +54,11 @@ from lerobot_flowstep.converters.rlbench import (
     FPS,
     RLBENCH_CAMERAS,
     STATE_NAMES,
-    PointCloudOptions,
     canonical_quaternion,
     fused_pointclouds,
     opencv_camera,
     proprio_state,
+    rlbench_pointcloud_config,
 )
 from lerobot_flowstep.geometry import camera_rays
 
@@ -401,7 +401,7 @@ class RLBenchEnv(gym.Env):
         ):
             raise ValueError(f"bounds_low {bounds_low} must be below bounds_high {bounds_high}, 3 numbers each")
         self.pointcloud = (
-            PointCloudOptions(
+            rlbench_pointcloud_config(
                 cameras=list(pointcloud_cameras),
                 num_points=pointcloud_num_points,
                 use_rgb=pointcloud_use_rgb,
@@ -475,6 +475,8 @@ class RLBenchEnv(gym.Env):
                 [extrinsics[c][None] for c in cams],
                 self.pointcloud,
                 colors=[obs["pixels"][c][None] for c in cams] if self.pointcloud.use_rgb else None,
+                # As the processor step does: a frame whose cameras see nothing must not end the rollout.
+                empty_fill=self.pointcloud.empty_fill,
             )[0]
         return obs
 

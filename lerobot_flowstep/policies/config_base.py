@@ -128,5 +128,13 @@ class FlowstepBaseConfig(PreTrainedConfig):
                         )
                 if self.pointcloud.use_rgb and rgb_key(camera) not in self.input_features:
                     raise ValueError(f"pointcloud.use_rgb needs '{rgb_key(camera)}' as an input feature.")
+            stored = self.input_features.get(OBS_POINTCLOUD)
+            if stored is not None and tuple(stored.shape) != tuple(self.pointcloud.feature.shape):
+                raise ValueError(
+                    f"The dataset stores '{OBS_POINTCLOUD}' of shape {tuple(stored.shape)}, but the policy's "
+                    f"point-cloud step makes {tuple(self.pointcloud.feature.shape)} (pointcloud.num_points, use_rgb): "
+                    "training would read the stored clouds and evaluation would make others. Set the same settings "
+                    "as the converter used."
+                )
             self.input_features[OBS_POINTCLOUD] = self.pointcloud.feature
         check_encoder_inputs(self.encoder, self.input_features)

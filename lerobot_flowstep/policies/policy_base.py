@@ -2,7 +2,10 @@
 batched multi-sample generation and a checkpoint-compatibility check.
 
 A policy subclass implements `generate(cond, noise)` (one chunk per row, normalized action space) and
-`forward(batch)` (its training loss).
+`forward(batch)` (its training loss); it may override `_chunk_from_cond` to choose among several samples.
+
+In a rollout (`select_action`) each observation frame goes through the encoder once: its per-frame features
+are kept in a history of `n_obs_steps` entries and only the fusion of that history runs again at a re-plan.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from typing import TYPE_CHECKING
 
 import torch
 from lerobot.policies.pretrained import PreTrainedPolicy
-from lerobot.policies.utils import populate_queues
 from lerobot.utils.constants import ACTION
 from safetensors import safe_open
 from torch import Tensor
@@ -37,6 +39,9 @@ class FlowstepBasePolicy(PreTrainedPolicy):
         self.config = config
         self.encoder = UnifiedObservationEncoder(config.encoder, config.input_features, config.n_obs_steps)
         self._queues: dict[str, deque] = {}
+        # Per-frame encoder features (B, step_dim), oldest first; a frame no re-plan will see yet is kept raw
+        # (its observation dict) and encoded only if a re-plan comes before it leaves the history.
+        self._frame_features: deque[Tensor | dict[str, Tensor]] = deque()
         self._last_chunk: Tensor | None = None
         self.reset()
 
@@ -44,9 +49,8 @@ class FlowstepBasePolicy(PreTrainedPolicy):
 
     def reset(self) -> None:
         """Clear the observation history and the queued actions; call on env.reset()."""
-        n = self.config.n_obs_steps
-        self._queues = {key: deque(maxlen=n) for key in self.encoder.input_keys}
-        self._queues[ACTION] = deque(maxlen=self.config.n_action_steps)
+        self._queues = {ACTION: deque(maxlen=self.config.n_action_steps)}
+        self._frame_features = deque(maxlen=self.config.n_obs_steps)
         self._last_chunk = None
 
     def _observation_history(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -66,6 +70,7 @@ class FlowstepBasePolicy(PreTrainedPolicy):
         return history
 
     def encode(self, batch: dict[str, Tensor]) -> Tensor:
+        """(B, cond_dim) from a batch with the time dimension (B, n_obs_steps, ...) or a single frame."""
         return self.encoder(self._observation_history(batch))
 
     # --- generation -----------------------------------------------------------------------------
@@ -97,26 +102,61 @@ class FlowstepBasePolicy(PreTrainedPolicy):
         noise = self.sample_noise(b * num_samples, cond.device, generator).to(cond.dtype)
         return self.generate(cond, noise, **generate_kwargs).reshape(b, num_samples, self.config.horizon, -1)
 
-    @torch.no_grad()
-    def predict_action_chunk(self, batch: dict[str, Tensor], noise: Tensor | None = None) -> Tensor:
-        """The whole predicted chunk (B, horizon, action_dim), starting at the oldest observation."""
-        cond = self.encode(batch)
+    def _chunk_from_cond(self, cond: Tensor, noise: Tensor | None = None) -> Tensor:
+        """The chunk to execute (B, horizon, action_dim) for encoded observations (B, cond_dim); both
+        `predict_action_chunk` and `select_action` end here, so the chunk does not depend on which was
+        called. It is remembered as `_last_chunk`, which a subclass may use to keep re-plans consistent."""
         if noise is None:
             noise = self.sample_noise(cond.shape[0], cond.device).to(cond.dtype)
-        return self.generate(cond, noise)
+        chunk = self.generate(cond, noise)
+        self._last_chunk = chunk
+        return chunk
+
+    @torch.no_grad()
+    def predict_action_chunk(self, batch: dict[str, Tensor], noise: Tensor | None = None) -> Tensor:
+        """The whole predicted chunk (B, horizon, action_dim), starting at the oldest observation, from a batch
+        with the time dimension or a single frame (repeated as its own history). Like a re-plan in
+        `select_action` it updates `_last_chunk`, but it neither reads nor changes the rollout's frame history."""
+        return self._chunk_from_cond(self.encode(batch), noise)
 
     @torch.no_grad()
     def select_action(self, batch: dict[str, Tensor], noise: Tensor | None = None) -> Tensor:
-        """One action per env; re-plans once the `n_action_steps` queued actions are spent."""
-        # The preprocessed observation carries an `action: None` entry that must not enter the action queue.
-        self._queues = populate_queues(self._queues, batch, exclude_keys=[ACTION])
-        if len(self._queues[ACTION]) == 0:
-            history = {k: torch.stack(list(self._queues[k]), dim=1) for k in self.encoder.input_keys}
-            chunk = self.predict_action_chunk({**batch, **history}, noise=noise)
-            self._last_chunk = chunk
-            start = self.config.n_obs_steps - 1
+        """One action per env for one observation frame (B, ...); re-plans once the `n_action_steps` queued
+        actions are spent, conditioned on the last `n_obs_steps` frames."""
+        n_obs = self.config.n_obs_steps
+        queued = len(self._queues[ACTION])
+        self.encoder.check_keys(batch)  # now, not when a frame kept raw is encoded a few steps later
+        frame = {k: batch[k] for k in self.encoder.input_keys}
+        history = self._frame_features
+        if not history:
+            # As LeRobot's populate_queues does, the first frame of an episode stands for the whole history.
+            history.extend([self.encoder.encode_frames(frame)] * n_obs)
+        elif queued < n_obs:
+            # The re-plan comes when the queue is empty, so this frame is among the last n_obs before it:
+            # encoding it now spreads the encoder's cost over the control steps.
+            history.append(self.encoder.encode_frames(frame))
+        else:
+            # Out of the history again before the next re-plan: usually never encoded at all.
+            history.append(frame)
+        if queued == 0:
+            steps = self._encoded_history()  # (B, n_obs_steps, step_dim)
+            chunk = self._chunk_from_cond(self.encoder.fuse_steps(steps), noise)
+            start = n_obs - 1
             self._queues[ACTION].extend(chunk[:, start : start + self.config.n_action_steps].transpose(0, 1))
         return self._queues[ACTION].popleft()
+
+    def _encoded_history(self) -> Tensor:
+        """The history's features stacked oldest first, encoding in one call any frame still kept raw: that
+        happens only when a re-plan comes early (the action queue emptied from outside)."""
+        history = self._frame_features
+        raw = [i for i, entry in enumerate(history) if not isinstance(entry, Tensor)]
+        if raw:
+            frames = [history[i] for i in raw]
+            joined = {k: torch.cat([f[k] for f in frames], dim=0) for k in frames[0]}
+            features = self.encoder.encode_frames(joined).split(frames[0][self.encoder.input_keys[0]].shape[0])
+            for i, f in zip(raw, features, strict=True):
+                history[i] = f
+        return torch.stack(list(history), dim=1)
 
     # --- checkpoints ----------------------------------------------------------------------------
 

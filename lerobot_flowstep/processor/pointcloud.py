@@ -5,6 +5,10 @@ It sits in the policy preprocessor before normalization (the geometry needs metr
 `from_pretrained` and `lerobot-eval` once `lerobot_flowstep` is imported (LeRobot's plugin discovery does
 that). Camera parameters come per frame from the observation (a wrist camera moves) or, for cameras
 listed in `fixed_cameras`, from the step's own config.
+
+The cloud is made by `geometry.fuse_pointcloud`, the one function the converters and envs use too. Where
+the observation already holds `observation.pointcloud` (a dataset converted with stored clouds), the
+step passes it through, so training skips the work; evaluation then makes the same cloud online.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from lerobot.processor import ObservationProcessorStep, ProcessorStepRegistry
 from torch import Tensor
 
 from ..constants import OBS_POINTCLOUD, depth_key, extrinsics_key, intrinsics_key, rgb_key
-from ..geometry import fuse_pointcloud
+from ..geometry import FPS_BACKENDS, PixelRayCache, check_camera_parameters, fuse_pointcloud
 
 REGISTRY_NAME = "flowstep_pointcloud"
 
@@ -34,6 +38,10 @@ class PointCloudConfig:
         bounds_low, bounds_high: workspace box (world frame); points outside are dropped before sampling.
         fixed_cameras: {cam: {"intrinsics": 3x3, "extrinsics": 4x4 camera-to-world}} for static cameras
             whose parameters are not in the observation.
+        voxel_size: side (metres) of the voxel grid that first reduces the cropped cloud to one point (the
+            mean) per voxel, before farthest-point sampling; None samples the cropped cloud directly.
+        sampler: farthest-point sampler, one of `geometry.FPS_BACKENDS`: "auto" uses fpsample's QuickFPS on
+            the CPU and the exact batched torch loop elsewhere.
     """
 
     cameras: list[str] = field(default_factory=list)
@@ -42,6 +50,8 @@ class PointCloudConfig:
     bounds_low: list[float] | None = None
     bounds_high: list[float] | None = None
     fixed_cameras: dict[str, dict[str, list[list[float]]]] = field(default_factory=dict)
+    voxel_size: float | None = None
+    sampler: str = "auto"
 
     def __post_init__(self) -> None:
         if self.num_points < 1:
@@ -51,10 +61,19 @@ class PointCloudConfig:
         for name, bound in (("bounds_low", self.bounds_low), ("bounds_high", self.bounds_high)):
             if bound is not None and len(bound) != 3:
                 raise ValueError(f"pointcloud.{name} must hold 3 numbers (x, y, z), got {bound}.")
+        if self.voxel_size is not None and not self.voxel_size > 0:
+            raise ValueError(f"pointcloud.voxel_size must be > 0 metres or null, got {self.voxel_size}.")
+        if self.sampler not in FPS_BACKENDS:
+            raise ValueError(f"pointcloud.sampler must be one of {FPS_BACKENDS}, got '{self.sampler}'.")
         for cam, params in self.fixed_cameras.items():
             for name, shape in (("intrinsics", (3, 3)), ("extrinsics", (4, 4))):
                 if name not in params or tuple(torch.as_tensor(params[name]).shape) != shape:
                     raise ValueError(f"pointcloud.fixed_cameras['{cam}'] needs '{name}' of shape {shape}.")
+            check_camera_parameters(
+                [torch.as_tensor(params["intrinsics"], dtype=torch.float64)],
+                [torch.as_tensor(params["extrinsics"], dtype=torch.float64)],
+                [f"{cam}' (pointcloud.fixed_cameras)"],
+            )
 
     @property
     def enabled(self) -> bool:
@@ -63,6 +82,30 @@ class PointCloudConfig:
     @property
     def feature(self) -> PolicyFeature:
         return PolicyFeature(type=FeatureType.STATE, shape=(self.num_points, 6 if self.use_rgb else 3))
+
+    @property
+    def empty_fill(self) -> list[float]:
+        """Where an empty frame's cloud is put: the centre of the workspace bounds, else the world origin."""
+        if self.bounds_low is None or self.bounds_high is None:
+            return [0.0, 0.0, 0.0]
+        return [(low + high) / 2 for low, high in zip(self.bounds_low, self.bounds_high, strict=True)]
+
+    def fuse(self, depths, intrinsics, extrinsics, colors=None, ray_cache: PixelRayCache | None = None, **kwargs):
+        """`geometry.fuse_pointcloud` with these settings; depths (..., H, W) per camera of `cameras`."""
+        return fuse_pointcloud(
+            depths,
+            intrinsics,
+            extrinsics,
+            num_points=self.num_points,
+            bounds_low=self.bounds_low,
+            bounds_high=self.bounds_high,
+            colors=colors if self.use_rgb else None,
+            voxel_size=self.voxel_size,
+            backend=self.sampler,
+            camera_names=self.cameras,
+            ray_cache=ray_cache,
+            **kwargs,
+        )
 
 
 @ProcessorStepRegistry.register(name=REGISTRY_NAME)
@@ -74,15 +117,28 @@ class PointCloudProcessorStep(PointCloudConfig, ObservationProcessorStep):
         super().__post_init__()
         if not self.cameras:
             raise ValueError("PointCloudProcessorStep needs at least one camera in `cameras`.")
+        # Not dataclass fields, so neither saved nor compared: work done once, reused by every call.
+        self._ray_cache = PixelRayCache()
+        self._fixed_parameters: dict[tuple, tuple[Tensor, Tensor]] = {}
 
-    def _camera_parameters(self, observation: dict[str, Any], camera: str, leading: torch.Size, like: Tensor):
+    def _fixed(self, camera: str, like: Tensor) -> tuple[Tensor, Tensor]:
+        key = (camera, like.device, like.dtype)
+        if key not in self._fixed_parameters:
+            params = self.fixed_cameras[camera]
+            self._fixed_parameters[key] = tuple(
+                torch.as_tensor(params[name], device=like.device, dtype=like.dtype)
+                for name in ("intrinsics", "extrinsics")
+            )
+        return self._fixed_parameters[key]
+
+    def _camera_parameters(self, observation: dict[str, Any], camera: str, like: Tensor) -> list[Tensor]:
         params = []
-        for key, name in ((intrinsics_key(camera), "intrinsics"), (extrinsics_key(camera), "extrinsics")):
+        for index, key in enumerate((intrinsics_key(camera), extrinsics_key(camera))):
             if key in observation:
                 params.append(torch.as_tensor(observation[key], device=like.device, dtype=like.dtype))
             elif camera in self.fixed_cameras:
-                fixed = torch.as_tensor(self.fixed_cameras[camera][name], device=like.device, dtype=like.dtype)
-                params.append(fixed.expand(*leading, *fixed.shape))
+                # Unbatched: broadcasting carries a static camera over every frame.
+                params.append(self._fixed(camera, like)[index])
             else:
                 raise ValueError(
                     f"PointCloudProcessorStep: no camera parameters for '{depth_key(camera)}': the observation "
@@ -91,6 +147,8 @@ class PointCloudProcessorStep(PointCloudConfig, ObservationProcessorStep):
         return params
 
     def observation(self, observation: dict[str, Any]) -> dict[str, Any]:
+        if OBS_POINTCLOUD in observation:
+            return self._check_stored(observation)
         depths, intrinsics, extrinsics, colors = [], [], [], []
         for camera in self.cameras:
             key = depth_key(camera)
@@ -102,23 +160,30 @@ class PointCloudProcessorStep(PointCloudConfig, ObservationProcessorStep):
             depth = torch.as_tensor(observation[key]).float()
             if depth.ndim < 3 or depth.shape[-3] != 1:
                 raise ValueError(f"'{key}' must have shape (..., 1, H, W), got {tuple(depth.shape)}.")
-            k, t = self._camera_parameters(observation, camera, depth.shape[:-3], depth)
-            depths.append(depth)
+            k, t = self._camera_parameters(observation, camera, depth)
+            depths.append(depth.squeeze(-3))
             intrinsics.append(k)
             extrinsics.append(t)
             if self.use_rgb:
                 if rgb_key(camera) not in observation:
                     raise KeyError(f"PointCloudProcessorStep(use_rgb=True): '{rgb_key(camera)}' is missing.")
                 colors.append(torch.as_tensor(observation[rgb_key(camera)]).to(depth))
-        observation[OBS_POINTCLOUD] = fuse_pointcloud(
-            depths,
-            intrinsics,
-            extrinsics,
-            num_points=self.num_points,
-            bounds_low=self.bounds_low,
-            bounds_high=self.bounds_high,
-            colors=colors if self.use_rgb else None,
+        observation[OBS_POINTCLOUD] = self.fuse(
+            depths, intrinsics, extrinsics, colors=colors, ray_cache=self._ray_cache, empty_fill=self.empty_fill
         )
+        return observation
+
+    def _check_stored(self, observation: dict[str, Any]) -> dict[str, Any]:
+        """A cloud already in the observation (stored in the dataset) is used as it is, if it has this step's
+        shape: its points were made by the same `fuse_pointcloud`, from the same depth."""
+        cloud = observation[OBS_POINTCLOUD]
+        expected = tuple(self.feature.shape)
+        if tuple(cloud.shape[-2:]) != expected:
+            raise ValueError(
+                f"'{OBS_POINTCLOUD}' in the observation has shape {tuple(cloud.shape)}, but this policy's point-cloud "
+                f"step makes (..., {expected[0]}, {expected[1]}) (pointcloud.num_points={self.num_points}, "
+                f"use_rgb={self.use_rgb}). Store the dataset's clouds with the same settings, or drop them."
+            )
         return observation
 
     def get_config(self) -> dict[str, Any]:

@@ -120,15 +120,20 @@ class ImleStudentPolicy(FlowstepBasePolicy):
         t0 = torch.zeros(noise.shape[0], device=noise.device, dtype=noise.dtype)
         return noise + self.generator(noise, t0, cond)
 
-    @torch.no_grad()
-    def predict_action_chunk(self, batch: dict[str, Tensor], noise: Tensor | None = None) -> Tensor:
+    def _chunk_from_cond(self, cond: Tensor, noise: Tensor | None = None) -> Tensor:
         candidates = self.config.num_inference_candidates
         # The regression baseline is deterministic: its candidates would all be the same chunk.
         if candidates == 1 or noise is not None or self.config.objective == "regression":
-            return super().predict_action_chunk(batch, noise)
-        samples = self.sample(batch, num_samples=candidates)  # (B, L, H, A), one batched forward pass
-        best = select_candidate(samples, self._last_chunk, self.config.n_action_steps)
-        return samples[torch.arange(samples.shape[0], device=samples.device), best]
+            return super()._chunk_from_cond(cond, noise)
+        samples = self.sample({}, num_samples=candidates, cond=cond)  # (B, L, H, A), one batched forward pass
+        previous = self._last_chunk
+        if previous is not None and previous.shape[0] != cond.shape[0]:
+            # A chunk planned for a batch of another size (a direct call after a rollout) is no plan for this one.
+            previous = None
+        best = select_candidate(samples, previous, self.config.n_action_steps)
+        chunk = samples[torch.arange(samples.shape[0], device=samples.device), best]
+        self._last_chunk = chunk
+        return chunk
 
     # --- training -------------------------------------------------------------------------------
 
