@@ -24,6 +24,7 @@ Latency does not depend on the weights, so untrained networks are timed unless c
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import time
@@ -308,9 +309,11 @@ def run_rlbench(args: argparse.Namespace) -> list[dict]:
         student, pre, post = rlbench_policy("imle_student", device, network=networks["MLP"])
         # The frames are already batched and on the device, which is what the step receives in the pipeline.
         pc_step = next(s for s in pre.steps if type(s).__name__ == "PointCloudProcessorStep")
-        pc_stats = measure_latency(lambda: pc_step.observation(dict(frames[0])), **timing())
+        # Over the episode's frames in turn: the sampler's cost depends on the scene.
+        cycle = itertools.cycle(frames)
+        pc_stats = measure_latency(lambda: pc_step.observation(dict(next(cycle))), **timing())
         add("point-cloud step (4 cameras -> 1,024 points)", pc_stats, stage="pointcloud")
-        pre_stats = measure_latency(lambda: pre(dict(frames[0])), **timing())
+        pre_stats = measure_latency(lambda: pre(dict(next(cycle))), **timing())
         add("policy preprocessor (whole pipeline)", pre_stats, stage="preprocessor")
         batch = pre(dict(frames[0]))
         frame = {k: batch[k] for k in student.encoder.input_keys}

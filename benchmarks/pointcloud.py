@@ -29,7 +29,13 @@ from lerobot_flowstep.converters.rlbench import (
     discover_episodes,
     read_episode,
 )
-from lerobot_flowstep.geometry import depth_to_world_points, farthest_point_sample, in_bounds, voxel_downsample
+from lerobot_flowstep.geometry import (
+    coverage_radius,
+    depth_to_world_points,
+    farthest_point_sample,
+    in_bounds,
+    voxel_downsample,
+)
 from lerobot_flowstep.processor.pointcloud import PointCloudProcessorStep
 
 CAMERAS = ("front", "left_shoulder", "right_shoulder", "wrist")
@@ -67,13 +73,6 @@ def cropped(observation: dict[str, torch.Tensor]) -> torch.Tensor:
         )
         points.append(world[valid & in_bounds(world, DEFAULT_BOUNDS_LOW, DEFAULT_BOUNDS_HIGH)])
     return torch.cat(points)
-
-
-def coverage_radius(points: torch.Tensor, samples: torch.Tensor) -> float:
-    nearest = torch.full((len(points),), torch.inf)
-    for chunk in samples.split(256):
-        nearest = torch.minimum(nearest, torch.cdist(points, chunk).min(dim=1).values)
-    return float(nearest.max())
 
 
 def median_ms(fn, repeats: int) -> float:

@@ -25,6 +25,7 @@ from lerobot_flowstep.converters.rlbench import (
 from lerobot_flowstep.geometry import (
     PixelRayCache,
     camera_rays,
+    coverage_radius,
     farthest_point_sample,
     fpsample_available,
     in_bounds,
@@ -65,13 +66,6 @@ def _cropped_cloud(observation) -> torch.Tensor:
     return torch.cat(points)
 
 
-def _coverage_radius(points: torch.Tensor, samples: torch.Tensor) -> float:
-    nearest = torch.full((len(points),), torch.inf)
-    for chunk in samples.split(256):
-        nearest = torch.minimum(nearest, torch.cdist(points, chunk).min(dim=1).values)
-    return float(nearest.max())
-
-
 def _step(**overrides) -> PointCloudProcessorStep:
     settings = dict(
         cameras=CAMERAS,
@@ -98,11 +92,11 @@ def test_fast_sampler_covers_real_clouds_within_10_percent_of_exact_fps(real_fra
         fast = step.observation(dict(observation))[OBS_POINTCLOUD][0]
         assert fast.shape == (NUM_POINTS, 3)
         assert in_bounds(fast, DEFAULT_BOUNDS_LOW, DEFAULT_BOUNDS_HIGH).all()
-        exact_radius, fast_radius = _coverage_radius(cloud, exact), _coverage_radius(cloud, fast)
+        exact_radius, fast_radius = coverage_radius(cloud, exact), coverage_radius(cloud, fast)
         assert fast_radius <= 1.10 * exact_radius, (fast_radius, exact_radius)
         # The samples spread: a random subset of the same size covers far worse.
         random = cloud[torch.randperm(len(cloud), generator=torch.Generator().manual_seed(0))[:NUM_POINTS]]
-        assert _coverage_radius(cloud, random) > 1.5 * exact_radius
+        assert coverage_radius(cloud, random) > 1.5 * exact_radius
 
 
 @pytest.mark.parametrize("sampler", [pytest.param("fpsample", marks=needs_fpsample), "torch"])
@@ -248,3 +242,11 @@ def test_a_dataset_cloud_of_another_size_is_refused_when_the_policy_is_configure
         config.validate_features()
     config.pointcloud.num_points = 512
     config.validate_features()
+
+
+def test_coverage_radius_against_brute_force():
+    g = torch.Generator().manual_seed(4)
+    points, samples = torch.rand(700, 3, generator=g), torch.rand(300, 3, generator=g)
+    expected = max(min(float(torch.linalg.norm(p - q)) for q in samples) for p in points[:50])
+    assert coverage_radius(points[:50], samples, chunk=7) == pytest.approx(expected, rel=1e-5)
+    assert coverage_radius(samples, samples) == pytest.approx(0.0, abs=1e-3)
