@@ -72,7 +72,7 @@ class PointCloudConfig:
             check_camera_parameters(
                 [torch.as_tensor(params["intrinsics"], dtype=torch.float64)],
                 [torch.as_tensor(params["extrinsics"], dtype=torch.float64)],
-                [f"{cam}' (pointcloud.fixed_cameras)"],
+                [f"{cam} (pointcloud.fixed_cameras)"],
             )
 
     @property
