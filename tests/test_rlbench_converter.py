@@ -546,15 +546,34 @@ def test_unknown_camera_and_existing_output(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError, match="--overwrite"):
         convert_rlbench(task_dir, out, repo_id=REPO_ID, cameras=["front"], progress=False)
     assert (out / "keep.txt").read_text() == "precious"
-    # A failing overwrite keeps the previous folder; a successful one replaces it.
-    (next(task_dir.rglob("low_dim_obs.pkl"))).write_bytes(b"\x80\x03")
-    with pytest.raises(RLBenchDataError):
+    # --overwrite replaces a dataset, never another folder.
+    with pytest.raises(FileExistsError, match="not a LeRobot dataset"):
         convert_rlbench(task_dir, out, repo_id=REPO_ID, cameras=["front"], overwrite=True, progress=False)
-    assert (out / "keep.txt").exists()
-    task_dir, _ = _small_task(tmp_path / "raw2")
-    convert_rlbench(task_dir, out, repo_id=REPO_ID, cameras=["front"], overwrite=True, progress=False)
-    assert not (out / "keep.txt").exists() and LeRobotDataset(REPO_ID, root=out).num_episodes == 1
-    no_leftovers(tmp_path, {"raw", "raw2", "out"})
+    assert (out / "keep.txt").read_text() == "precious"
+    dataset_dir = tmp_path / "dataset"
+    convert_rlbench(task_dir, dataset_dir, repo_id=REPO_ID, cameras=["front"], progress=False)
+    # A failing overwrite keeps the previous dataset; a successful one replaces it.
+    pickle_path = next(task_dir.rglob("low_dim_obs.pkl"))
+    pickle_bytes = pickle_path.read_bytes()
+    pickle_path.write_bytes(b"\x80\x03")
+    with pytest.raises(RLBenchDataError):
+        convert_rlbench(task_dir, dataset_dir, repo_id=REPO_ID, cameras=["front"], overwrite=True, progress=False)
+    assert LeRobotDataset(REPO_ID, root=dataset_dir).num_episodes == 1
+    task_dir, _ = _small_task(tmp_path / "raw2", episodes=2)
+    convert_rlbench(task_dir, dataset_dir, repo_id=REPO_ID, cameras=["front"], overwrite=True, progress=False)
+    assert LeRobotDataset(REPO_ID, root=dataset_dir).num_episodes == 2
+    pickle_path.write_bytes(pickle_bytes)
+    no_leftovers(tmp_path, {"raw", "raw2", "out", "dataset"})
+
+
+def test_overwrite_never_replaces_the_input(tmp_path: Path) -> None:
+    """`--output` equal to `--input`, or to a folder holding it, would delete the demos it converts."""
+    task_dir, _ = _small_task(tmp_path / "raw")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for output in (task_dir, task_dir.parent, tmp_path):
+        with pytest.raises(ValueError, match="would replace the input"):
+            convert_rlbench(task_dir, output, repo_id=REPO_ID, cameras=["front"], overwrite=True, progress=False)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
 def test_interrupted_conversion_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

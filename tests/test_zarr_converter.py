@@ -262,7 +262,7 @@ def test_missing_store_and_existing_output(pusht_store: tuple[Path, dict[str, np
     (tmp_path / "out").mkdir()
     with pytest.raises(FileExistsError, match=r"dataset folder already exists: .*out \(pass overwrite"):
         convert_zarr(pusht_store[0], tmp_path / "out", mapping="pusht")
-    with pytest.raises(ZarrFormatError, match="would replace the input store"):
+    with pytest.raises(ZarrFormatError, match="would replace the input"):
         convert_zarr(pusht_store[0], pusht_store[0].parent, mapping="pusht", overwrite=True)
 
 

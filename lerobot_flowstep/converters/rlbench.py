@@ -682,7 +682,9 @@ def convert_rlbench(
     Bad input (missing or unreadable PNG, PNG count disagreeing with the pickle, truncated or foreign
     pickle, missing attributes) raises RLBenchDataError naming the episode and file; with
     `skip_bad_episodes` such an episode is left out and listed in the summary instead. Unknown camera
-    names raise ValueError; an existing `output` raises FileExistsError unless `overwrite`. Nothing is
+    names raise ValueError; an existing `output` raises FileExistsError unless `overwrite`, and `overwrite`
+    replaces only a dataset (see `datasets.atomic.check_destination`); an `output` that is or holds `source`
+    raises ValueError. Nothing is
     written at `output` unless the whole conversion succeeds. `image_writer_threads` > 0 encodes the PNGs
     in background threads (LeRobot's image writer).
     """
@@ -699,7 +701,7 @@ def convert_rlbench(
         raise ValueError(f"max_episodes must be >= 1, got {max_episodes}")
     if image_writer_threads < 0:
         raise ValueError(f"image_writer_threads must be >= 0, got {image_writer_threads}")
-    check_destination(output, overwrite)
+    check_destination(output, overwrite, sources=[source])
     wanted = None if variations is None else set(variations)
     task, episodes = discover_episodes(source, wanted)
     repo_id = repo_id or f"local/rlbench_{task}"
@@ -762,6 +764,7 @@ def convert_rlbench(
         with atomic_lerobot_dataset(
             output,
             overwrite=overwrite,
+            sources=[source],
             repo_id=repo_id,
             fps=FPS,
             features=features,

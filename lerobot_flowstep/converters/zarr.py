@@ -491,10 +491,11 @@ def convert_zarr(
         raise ZarrFormatError(f"max_episodes must be at least 1, got {max_episodes!r}")
     if image_writer_threads < 0:
         raise ZarrFormatError(f"image_writer_threads must be >= 0, got {image_writer_threads!r}")
-    if root.resolve() == store_path.resolve() or root.resolve() in store_path.resolve().parents:
-        raise ZarrFormatError(f"output {root} would replace the input store {store_path}")
     # Checked before the (slower) store checks, so the common mistake is reported first.
-    check_destination(root, overwrite)
+    try:
+        check_destination(root, overwrite, sources=[store_path])
+    except ValueError as err:
+        raise ZarrFormatError(str(err)) from err
 
     group = _open_store(store_path)
     ends = read_episode_ends(group, store_path)
@@ -508,6 +509,7 @@ def convert_zarr(
     with atomic_lerobot_dataset(
         root,
         overwrite=overwrite,
+        sources=[store_path],
         repo_id=repo_id,
         fps=fps,
         features=features,

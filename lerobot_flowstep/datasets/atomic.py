@@ -4,30 +4,93 @@ Shared by the dataset generators and converters. The dataset is built in a tempo
 destination (same filesystem, so the final rename is atomic) and moved into place only when the body of
 `atomic_lerobot_dataset` finishes without an exception. A failed or interrupted write (KeyboardInterrupt
 included) leaves neither a partial dataset nor the temporary folder; with `overwrite=True` a previous
-dataset at the destination survives until the new one replaces it.
+dataset at the destination survives until the new one replaces it. A process killed outright (SIGKILL)
+cannot clean up: its staging folder records the writer's process id, and the next write to the same
+destination removes it once that process is gone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import datasets
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
+logger = logging.getLogger(__name__)
+OWNER_FILE = "writer.pid"
 
-def check_destination(root: Path, overwrite: bool) -> None:
-    """Raise FileExistsError when `root` exists (a dangling symlink counts) and `overwrite` is False."""
-    if (root.exists() or root.is_symlink()) and not overwrite:
+
+def is_lerobot_dataset(root: Path) -> bool:
+    return (Path(root) / "meta" / "info.json").is_file()
+
+
+def check_destination(root: Path, overwrite: bool, sources: Sequence[Path | str] = ()) -> None:
+    """Refuse, before anything is written, a destination whose replacement would lose data.
+
+    - `root` is one of `sources` (the converter's input) or a folder holding one: replacing it would delete
+      the input (ValueError, with or without `overwrite`);
+    - `root` exists (a dangling symlink counts) and `overwrite` is False (FileExistsError);
+    - `root` exists and `overwrite` is True, but it is neither a LeRobot dataset (`meta/info.json`) nor an
+      empty folder: `overwrite` replaces datasets, never other folders (FileExistsError).
+    """
+    root = Path(root)
+    resolved = root.resolve()
+    for source in sources:
+        source_path = Path(source).resolve()
+        if resolved == source_path or resolved in source_path.parents:
+            raise ValueError(f"output {root} would replace the input {source}; choose another output folder")
+    if not (root.exists() or root.is_symlink()):
+        return
+    if not overwrite:
         raise FileExistsError(
             f"dataset folder already exists: {root} (pass overwrite=True, or --overwrite on the command line, "
             "to replace it)"
         )
+    if root.is_dir() and not root.is_symlink() and not is_lerobot_dataset(root) and any(root.iterdir()):
+        raise FileExistsError(
+            f"{root} is not a LeRobot dataset (no meta/info.json) and not empty: overwrite only replaces a "
+            "dataset. Remove the folder yourself or choose another output."
+        )
+    if not root.is_dir():
+        raise FileExistsError(f"{root} exists and is not a folder; overwrite only replaces a dataset folder.")
+
+
+def remove_stale_staging(root: Path) -> list[Path]:
+    """Remove the staging folders that killed writes to `root` left beside it; returns what was removed.
+
+    A staging folder whose writer is still running (another conversion to the same destination) is kept;
+    one without an owner file (written before owner files existed) is only reported."""
+    removed = []
+    for staging in sorted(Path(root).parent.glob(f".{Path(root).name}.*.tmp")):
+        owner = staging / OWNER_FILE
+        try:
+            pid = int(owner.read_text().strip())
+        except (OSError, ValueError):
+            logger.warning("%s looks like the staging folder of an interrupted write to %s; delete it", staging, root)
+            continue
+        if _process_alive(pid):
+            continue
+        shutil.rmtree(staging, ignore_errors=True)
+        logger.warning("Removed %s, left by an interrupted write to %s (process %d is gone).", staging, root, pid)
+        removed.append(staging)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _move_into_place(built: Path, root: Path, staging: Path) -> None:
@@ -60,18 +123,23 @@ def quiet_datasets_progress_bars() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def atomic_lerobot_dataset(root: Path, overwrite: bool = False, **create_kwargs: Any) -> Iterator[LeRobotDataset]:
+def atomic_lerobot_dataset(
+    root: Path, overwrite: bool = False, sources: Sequence[Path | str] = (), **create_kwargs: Any
+) -> Iterator[LeRobotDataset]:
     """`LeRobotDataset.create(root=<staging>, **create_kwargs)`, moved to `root` when the block succeeds.
 
-    The caller adds frames and saves episodes inside the block; finalizing is done here. Raises
-    FileExistsError before creating anything if `root` exists and `overwrite` is False.
+    The caller adds frames and saves episodes inside the block; finalizing is done here. Runs
+    `check_destination(root, overwrite, sources)` before creating anything, and removes the staging folders
+    of earlier killed writes to `root`.
     """
     root = Path(root)
     if "root" in create_kwargs:
         raise TypeError("atomic_lerobot_dataset chooses the staging root itself; pass the destination as `root`.")
-    check_destination(root, overwrite)
+    check_destination(root, overwrite, sources)
     root.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(root)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
+    (staging / OWNER_FILE).write_text(str(os.getpid()))
     built = staging / "dataset"
     dataset: LeRobotDataset | None = None
     try:

@@ -1,0 +1,71 @@
+"""Atomic dataset writes: what a killed writer leaves behind is cleaned up, and what overwrite may replace."""
+
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lerobot_flowstep.datasets.atomic import OWNER_FILE, check_destination, remove_stale_staging
+from lerobot_flowstep.datasets.obstacle_dataset import generate_obstacle_dataset
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_staging_left_by_a_killed_writer_is_removed_by_the_next_write(tmp_path, caplog):
+    root = tmp_path / "data"
+    killed = tmp_path / ".data.abc123.tmp"
+    (killed / "dataset" / "meta").mkdir(parents=True)
+    (killed / OWNER_FILE).write_text(str(_dead_pid()))
+    running = tmp_path / ".data.def456.tmp"
+    running.mkdir()
+    (running / OWNER_FILE).write_text(str(os.getpid()))  # a writer still at work is left alone
+    unknown = tmp_path / ".data.old789.tmp"
+    unknown.mkdir()
+    with caplog.at_level(logging.WARNING):
+        generate_obstacle_dataset(root, num_episodes=1)
+    assert not killed.exists()
+    assert running.exists() and unknown.exists()
+    assert f"Removed {killed}" in caplog.text and f"{unknown} looks like the staging folder" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".data.def456.tmp", ".data.old789.tmp", "data"]
+    assert remove_stale_staging(root) == []
+
+
+def test_a_killed_generator_leaves_a_staging_folder_that_the_next_run_removes(tmp_path):
+    """The real failure: SIGKILL in the middle of a write."""
+    root = tmp_path / "data"
+    code = (
+        "import os, signal\n"
+        "from lerobot_flowstep.datasets import obstacle_dataset as o\n"
+        "original = o.LeRobotDataset.save_episode\n"
+        "def save_episode(self, *a, **k):\n"
+        "    original(self, *a, **k)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "o.LeRobotDataset.save_episode = save_episode\n"
+        f"o.generate_obstacle_dataset({str(root)!r}, num_episodes=2)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == -9, result.stderr
+    leftovers = list(tmp_path.glob(".data.*.tmp"))
+    assert len(leftovers) == 1 and not root.exists()
+    generate_obstacle_dataset(root, num_episodes=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_overwrite_replaces_datasets_and_empty_folders_only(tmp_path):
+    (tmp_path / "empty").mkdir()
+    check_destination(tmp_path / "empty", overwrite=True)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="not a LeRobot dataset"):
+        check_destination(tmp_path / "notes", overwrite=True)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="not a folder"):
+        check_destination(tmp_path / "file", overwrite=True)
+    with pytest.raises(ValueError, match="would replace the input"):
+        check_destination(tmp_path, overwrite=True, sources=[tmp_path / "notes" / "todo.txt"])
