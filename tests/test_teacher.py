@@ -74,6 +74,40 @@ def test_training_loss_backpropagates_into_encoder_and_velocity():
     assert policy.velocity.inp.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("policy_type", ["flowstep_teacher", "imle_student"])
+def test_a_nonfinite_loss_stops_training_naming_the_step_and_the_keys(policy_type):
+    if policy_type == "imle_student":
+        from lerobot_flowstep.policies.imle_student.configuration_imle_student import ImleStudentConfig
+
+        cfg = ImleStudentConfig(
+            device="cpu",
+            input_features=camera_features(SIZE),
+            output_features=dict(ACTION_FEATURES),
+            horizon=8,
+            n_action_steps=4,
+            objective="regression",
+        )
+        cfg.encoder.vision_backbone = "conv"
+        cfg.pointcloud.cameras, cfg.pointcloud.num_points = ["top"], 32
+    else:
+        cfg = _config()
+    policy = get_policy_class(policy_type)(cfg).train()
+    pre, _ = make_pre_post_processors(cfg, dataset_stats=_stats())
+    clean = pre(_raw_batch())
+    policy.forward(clean)
+    policy.forward(clean)
+    raw = _raw_batch()
+    raw["action"][1, 3, 0] = float("nan")
+    poisoned = pre(raw)
+    with pytest.raises(
+        FloatingPointError, match=r"loss is nan at step 3 .*batch keys holding NaN or inf: \['action'\]"
+    ):
+        policy.forward(poisoned)
+    cfg.stop_on_nonfinite_loss = False
+    loss, _ = policy.forward(poisoned)
+    assert torch.isnan(loss)
+
+
 def test_sample_returns_m_trajectories_per_observation_and_select_action_replans():
     cfg = _config()
     policy = FlowstepTeacherPolicy(cfg).eval()
@@ -137,6 +171,15 @@ def test_from_pretrained_round_trip_gives_the_same_actions(tmp_path):
     a = post(policy.predict_action_chunk(pre(dict(raw)), noise=noise))
     b = post2(loaded.predict_action_chunk(pre2(dict(raw)), noise=noise))
     assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_a_truncated_weights_file_is_named_in_the_error(tmp_path):
+    FlowstepTeacherPolicy(_config()).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=rf"Cannot read the weights file {weights}: .*truncated or corrupt"):
+        FlowstepTeacherPolicy.from_pretrained(tmp_path)
 
 
 def test_checkpoint_with_another_action_dimension_is_refused_with_names(tmp_path):

@@ -22,6 +22,7 @@ class FlowstepBaseConfig(PreTrainedConfig):
     horizon: length of the predicted action chunk, counted from the oldest observation.
     n_action_steps: actions executed from each chunk before re-planning (receding horizon).
     encoder, network, pointcloud: see `EncoderConfig`, `NetworkConfig`, `PointCloudConfig`.
+    stop_on_nonfinite_loss: raise at the first training step whose loss is NaN or inf.
     """
 
     n_obs_steps: int = 2
@@ -45,6 +46,10 @@ class FlowstepBaseConfig(PreTrainedConfig):
 
     # Checkpoints stay local unless asked: the Hub is often unreachable where robots run.
     push_to_hub: bool = False
+
+    # A NaN or inf training loss stops training with an error naming the step and the batch keys at fault,
+    # before the optimizer writes NaN into the weights; false trains on.
+    stop_on_nonfinite_loss: bool = True
 
     optimizer_lr: float = 1e-4
     optimizer_betas: tuple[float, float] = (0.95, 0.999)

@@ -11,13 +11,14 @@ are kept in a history of `n_obs_steps` entries and only the fusion of that histo
 from __future__ import annotations
 
 import abc
+import math
 from collections import deque
 from typing import TYPE_CHECKING
 
 import torch
 from lerobot.policies.pretrained import PreTrainedPolicy
 from lerobot.utils.constants import ACTION
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from ..encoder import UnifiedObservationEncoder
@@ -43,6 +44,7 @@ class FlowstepBasePolicy(PreTrainedPolicy):
         # (its observation dict) and encoded only if a re-plan comes before it leaves the history.
         self._frame_features: deque[Tensor | dict[str, Tensor]] = deque()
         self._last_chunk: Tensor | None = None
+        self._training_steps = 0
         self.reset()
 
     # --- observation handling -------------------------------------------------------------------
@@ -72,6 +74,25 @@ class FlowstepBasePolicy(PreTrainedPolicy):
     def encode(self, batch: dict[str, Tensor]) -> Tensor:
         """(B, cond_dim) from a batch with the time dimension (B, n_obs_steps, ...) or a single frame."""
         return self.encoder(self._observation_history(batch))
+
+    def check_loss(self, loss_value: float, batch: dict[str, Tensor]) -> None:
+        """Count a training step and stop at a non-finite loss (`config.stop_on_nonfinite_loss`), naming the step
+        and the batch keys holding NaN or inf. `loss_value` is the float already taken for logging, so the
+        check adds no device synchronisation; the keys are inspected only on failure."""
+        self._training_steps += 1
+        if math.isfinite(loss_value) or not self.config.stop_on_nonfinite_loss:
+            return
+        bad = [
+            key
+            for key, value in batch.items()
+            if isinstance(value, Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all())
+        ]
+        cause = f"batch keys holding NaN or inf: {bad}" if bad else "no batch key holds NaN or inf (the model diverged)"
+        raise FloatingPointError(
+            f"{self.name}: the training loss is {loss_value} at step {self._training_steps} of this run; {cause}. "
+            "Training stops here, before a NaN checkpoint is written. Check the dataset (its stats.json), or "
+            "lower the learning rate; --policy.stop_on_nonfinite_loss=false trains on regardless."
+        )
 
     # --- generation -----------------------------------------------------------------------------
 
@@ -171,8 +192,14 @@ class FlowstepBasePolicy(PreTrainedPolicy):
 
     @classmethod
     def _load_as_safetensor(cls, model, model_file: str, map_location: str, strict: bool):
-        check_checkpoint_shapes(model, model_file)
-        return super()._load_as_safetensor(model, model_file, map_location, strict)
+        try:
+            check_checkpoint_shapes(model, model_file)
+            return super()._load_as_safetensor(model, model_file, map_location, strict)
+        except SafetensorError as err:
+            raise ValueError(
+                f"Cannot read the weights file {model_file}: {err}. It is truncated or corrupt (an interrupted "
+                "copy or download?); copy the checkpoint folder again."
+            ) from err
 
     # --- Hub ------------------------------------------------------------------------------------
 

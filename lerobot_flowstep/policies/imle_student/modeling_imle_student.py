@@ -144,7 +144,9 @@ class ImleStudentPolicy(FlowstepBasePolicy):
             prediction = self.predict_chunk_with_grad(batch)
             error = ((prediction - actions) ** 2).mean(-1)
             loss = error.mean() if mask is None else (error * mask).sum() / mask.sum().clamp(min=1)
-            return loss, {"l2_loss": loss.item()}
+            info = {"l2_loss": loss.item()}
+            self.check_loss(info["l2_loss"], batch)
+            return loss, info
 
         if self.config.init_from_teacher and self.training and not bool(self.initialized_from_teacher):
             self.initialize_from_teacher()
@@ -162,6 +164,7 @@ class ImleStudentPolicy(FlowstepBasePolicy):
         loss, info = imle_chamfer_objective(
             targets, candidates, mask, self.config.coverage_weight, self.config.fidelity_weight
         )
+        self.check_loss(info["chamfer_loss"], batch)
         return loss, info
 
     def predict_chunk_with_grad(self, batch: dict[str, Tensor]) -> Tensor:
