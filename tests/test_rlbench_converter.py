@@ -20,7 +20,7 @@ from lerobot.configs import FeatureType
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from lerobot.utils.feature_utils import dataset_to_policy_features
 from PIL import Image
-from rlbench_fixtures import encode_depth, write_episode, write_pickle, write_task
+from rlbench_fixtures import Demo, Observation, encode_depth, rlbench_modules, write_episode, write_pickle, write_task
 
 from lerobot_flowstep.constants import OBS_POINTCLOUD, depth_key, extrinsics_key, intrinsics_key, rgb_key
 from lerobot_flowstep.converters import rlbench as rlb
@@ -443,6 +443,14 @@ def _small_task(root: Path, episodes: int = 1):
     return write_task(root, episodes=episodes, num_frames=3, image_size=8, cameras=["front"])
 
 
+def _nan_joint(episode_dir: Path) -> None:
+    observations = [Observation(**vars(o)) for o in raw_observations(episode_dir)]
+    observations[1].joint_positions = np.asarray(observations[1].joint_positions, dtype=np.float64).copy()
+    observations[1].joint_positions[2] = np.nan
+    with rlbench_modules():
+        write_pickle(episode_dir / "low_dim_obs.pkl", Demo(observations))
+
+
 def _truncate(path: Path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
@@ -481,6 +489,7 @@ BAD_EPISODES = {
         r"references (posix|os)\.system, which is not part of an RLBench demo",
     ),
     "missing-pickle": (lambda ep: (ep / "low_dim_obs.pkl").unlink(), r"low_dim_obs.pkl is missing"),
+    "nan-joint": (lambda ep: _nan_joint(ep), r"observation 1: 'joint_positions' must hold 7 finite numbers"),
     "missing-folder": (lambda ep: (ep / "front_depth").rename(ep / "old"), r"folder front_depth/ is missing"),
 }
 

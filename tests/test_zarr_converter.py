@@ -389,3 +389,24 @@ def test_real_pusht_zarr_first_episodes(tmp_path: Path) -> None:
     offset = keypoint - state[:, None, 2:4]
     local = np.stack([cos * offset[..., 0] + sin * offset[..., 1], -sin * offset[..., 0] + cos * offset[..., 1]], -1)
     assert local.std(axis=0).max() < 0.1
+
+
+def test_nan_or_inf_in_a_written_array_is_refused_or_its_episode_dropped(tmp_path: Path) -> None:
+    arrays = pusht_like_arrays(int(PUSHT_ENDS[-1]))
+    arrays["action"][8, 1] = np.nan  # episode 1 (rows 5-11), its frame 3
+    arrays["state"][15, 0] = np.inf  # episode 2 (rows 12-19), its frame 3
+    path = write_replay_buffer(tmp_path / "nan.zarr", arrays, PUSHT_ENDS)
+    expected = r"data/action -> 'action' holds nan at frame 3 of episode 1 \(store row 8\)"
+    with pytest.raises(ZarrFormatError, match=expected):
+        convert_zarr(path, tmp_path / "out", mapping="pusht", progress=False)
+    assert not (tmp_path / "out").exists()
+    summary = convert_zarr(path, tmp_path / "out", mapping="pusht", repo_id=REPO_ID, progress=False,
+                           drop_nonfinite_episodes=True)  # fmt: skip
+    assert summary.num_episodes == 1 and summary.num_frames == 5
+    assert [index for index, _ in summary.dropped_episodes] == [1, 2]
+    assert "left out episode 2: data/state -> 'observation.state' holds inf at frame 3" in summary.describe()
+    dataset = LeRobotDataset(REPO_ID, root=tmp_path / "out")
+    assert dataset.num_episodes == 1
+    for key in ("action", "observation.state"):
+        assert np.isfinite(_column(dataset, key)).all()
+        assert all(np.isfinite(np.asarray(v)).all() for v in dataset.meta.stats[key].values())

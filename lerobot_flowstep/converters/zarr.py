@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from lerobot_flowstep.constants import OBS_POINTCLOUD, is_depth_key
 from lerobot_flowstep.datasets.atomic import atomic_lerobot_dataset, check_destination
+from lerobot_flowstep.datasets.finite import first_nonfinite
 
 EPISODE_ENDS = "meta/episode_ends"
 PUSHT_TASK = "Push the T-shaped block onto the T-shaped target."
@@ -200,12 +201,15 @@ class ZarrConversionSummary:
     episodes_in_store: int
     features: dict[str, dict[str, Any]] = field(repr=False)
     seconds: float
+    dropped_episodes: list[tuple[int, str]] = field(default_factory=list)
 
     def describe(self) -> str:
         lines = [
-            f"Wrote {self.num_episodes} episodes ({self.num_frames} frames; the store holds "
-            f"{self.episodes_in_store}) to {self.root} in {self.seconds:.1f} s.",
+            f"Wrote {self.num_episodes} episodes ({self.num_frames} frames; the store "
+            f"holds {self.episodes_in_store}) to {self.root} in {self.seconds:.1f} s.",
         ]
+        for index, problem in self.dropped_episodes:
+            lines.append(f"  left out episode {index}: {problem}")
         for key, spec in self.features.items():
             lines.append(f"  {key}: {spec['dtype']} {tuple(spec['shape'])}")
         lines.append(f"Load it with LeRobotDataset('{self.repo_id}', root='{self.root}').")
@@ -451,6 +455,7 @@ def convert_zarr(
     image_writer_threads: int = 0,
     overwrite: bool = False,
     progress: bool = True,
+    drop_nonfinite_episodes: bool = False,
 ) -> ZarrConversionSummary:
     """Convert a Diffusion Policy / DP3 zarr replay buffer into a LeRobotDataset v3 at `output`.
 
@@ -468,12 +473,15 @@ def convert_zarr(
         image_writer_threads: threads LeRobot uses to write PNGs (0: in the calling thread).
         overwrite: replace an existing `output`.
         progress: show a progress bar over episodes.
+        drop_nonfinite_episodes: leave out (and list in the summary) the episodes whose floating-point
+            arrays hold NaN or inf, instead of refusing the store.
 
     Raises:
         FileNotFoundError: the store is missing.
         FileExistsError: `output` exists and `overwrite` is False.
         ZarrFormatError (a ValueError): a missing or misshapen array, `meta/episode_ends` not strictly
-            increasing or not matching the arrays' length, an unknown preset or a bad mapping/argument.
+            increasing or not matching the arrays' length, an unknown preset or a bad mapping/argument, a NaN
+            or inf in a written array (naming the array, the episode and the frame).
     """
     started = time.perf_counter()
     store_path = Path(zarr_path)
@@ -506,6 +514,7 @@ def convert_zarr(
     repo_id = repo_id or f"local/{store_path.name.split('.')[0] or 'zarr_dataset'}"
 
     num_frames = 0
+    dropped: list[tuple[int, str]] = []
     with atomic_lerobot_dataset(
         root,
         overwrite=overwrite,
@@ -521,19 +530,33 @@ def convert_zarr(
         for index in bar:
             start, end = int(starts[index]), int(ends[index])
             values = {column.mapping.key: column.episode(start, end) for column in columns}
+            bad = first_nonfinite(values)
+            if bad is not None:
+                source = next(c.mapping.source for c in columns if c.mapping.key == bad.key)
+                if drop_nonfinite_episodes:
+                    dropped.append((index, f"{source} -> {bad.describe()}"))
+                    continue
+                raise ZarrFormatError(
+                    f"{store_path}: {source} -> {bad.describe()} of episode {index} (store row {start + bad.frame}); "
+                    "training on it would give NaN statistics and a NaN loss. Fix the store, or pass "
+                    "drop_nonfinite_episodes=True (--drop-nonfinite-episodes) to leave such episodes out."
+                )
             for i in range(end - start):
                 frame: dict[str, Any] = {key: value[i] for key, value in values.items()}
                 frame["task"] = task
                 dataset.add_frame(frame)
             dataset.save_episode()
             num_frames += end - start
+        if len(dropped) == num_episodes:
+            raise ZarrFormatError(f"{store_path}: every episode holds NaN or inf; nothing to write ({dropped[0][1]})")
 
     return ZarrConversionSummary(
         root=root,
         repo_id=repo_id,
-        num_episodes=num_episodes,
+        num_episodes=num_episodes - len(dropped),
         num_frames=num_frames,
         episodes_in_store=len(ends),
         features=features,
         seconds=time.perf_counter() - started,
+        dropped_episodes=dropped,
     )

@@ -36,6 +36,7 @@ def _convert_zarr(args: argparse.Namespace) -> None:
         video=args.video,
         image_writer_threads=args.image_writer_threads,
         overwrite=args.overwrite,
+        drop_nonfinite_episodes=args.drop_nonfinite_episodes,
     )
     print(summary.describe())
 
@@ -68,5 +69,10 @@ def add_convert_zarr_parser(convert_subparsers: argparse._SubParsersAction) -> a
     parser.add_argument("--video", action="store_true", help="store images as video instead of lossless PNG")
     parser.add_argument("--image-writer-threads", type=int, default=0, help="threads writing PNGs (0: inline)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument(
+        "--drop-nonfinite-episodes",
+        action="store_true",
+        help="leave out episodes holding NaN or inf (default: refuse the store, naming array, episode and frame)",
+    )
     parser.set_defaults(func=_convert_zarr)
     return parser
