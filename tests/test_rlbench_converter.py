@@ -456,6 +456,13 @@ def _truncate(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
+class _HugeBuffer:
+    """A pickle of a few bytes that asks for 100 GiB."""
+
+    def __reduce__(self):
+        return (bytearray, (100 * 2**30,))
+
+
 class _Exploit:
     def __reduce__(self):
         import os
@@ -489,6 +496,10 @@ BAD_EPISODES = {
         r"references (posix|os)\.system, which is not part of an RLBench demo",
     ),
     "missing-pickle": (lambda ep: (ep / "low_dim_obs.pkl").unlink(), r"low_dim_obs.pkl is missing"),
+    "huge-bytearray": (
+        lambda ep: write_pickle(ep / "low_dim_obs.pkl", _HugeBuffer()),
+        r"asks for a bytearray of 107,374,182,400 bytes, more than the whole file \(\d+ bytes\) holds",
+    ),
     "nan-joint": (lambda ep: _nan_joint(ep), r"observation 1: 'joint_positions' must hold 7 finite numbers"),
     "missing-folder": (lambda ep: (ep / "front_depth").rename(ep / "old"), r"folder front_depth/ is missing"),
 }

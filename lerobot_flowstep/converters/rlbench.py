@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
 import pickle
 import re
 import time
@@ -160,9 +161,26 @@ def _numpy_core_module(module: str) -> str:
 
 
 class RLBenchUnpickler(pickle.Unpickler):
-    """Unpickles RLBench demo files onto the stand-ins; any other class is refused (foreign pickle)."""
+    """Unpickles RLBench demo files onto the stand-ins; any other class is refused (foreign pickle).
+
+    `max_bytes` (the file's size) bounds what the pickle may ask to allocate: a real demo's data is in the
+    file, so a request for a larger buffer is a corrupt or hostile file, refused before it exhausts memory.
+    """
+
+    def __init__(self, file: Any, max_bytes: int | None = None) -> None:
+        super().__init__(file)
+        self.max_bytes = max_bytes
+
+    def _bytearray(self, *args: Any) -> bytearray:
+        if args and isinstance(args[0], int) and self.max_bytes is not None and args[0] > self.max_bytes:
+            raise pickle.UnpicklingError(
+                f"asks for a bytearray of {args[0]:,} bytes, more than the whole file ({self.max_bytes:,} bytes) holds"
+            )
+        return bytearray(*args)
 
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("builtins", "bytearray"):
+            return self._bytearray
         if (module, name) in _STAND_INS:
             return _STAND_INS[(module, name)]
         if module.split(".")[0] in ("rlbench", "pyrep"):
@@ -183,9 +201,13 @@ def _unpickle(path: Path, episode: str) -> Any:
         raise RLBenchDataError(episode, path, f"{path.name} is missing")
     try:
         with open(path, "rb") as f:
-            return RLBenchUnpickler(f).load()
-    except (KeyboardInterrupt, MemoryError):
+            return RLBenchUnpickler(f, max_bytes=os.fstat(f.fileno()).st_size).load()
+    except KeyboardInterrupt:
         raise
+    except MemoryError as err:
+        raise RLBenchDataError(
+            episode, path, f"{path.name} asks for more memory than this machine has: a corrupt or hostile pickle"
+        ) from err
     except Exception as err:  # noqa: BLE001 - any failure of a bad pickle is reported the same way
         raise RLBenchDataError(
             episode, path, f"{path.name} is truncated or not an RLBench pickle: {type(err).__name__}: {err}"
