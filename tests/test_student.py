@@ -171,3 +171,17 @@ def test_candidate_selection_prefers_consistency_then_density():
     previous = torch.cat([torch.zeros(shift, 1), right[: horizon - shift]])[None]
     choice = select_candidate(samples[None], previous, shift).item()
     assert samples[choice].mean() > 0.5
+
+
+def test_resuming_after_the_teacher_folder_moved_names_the_folder(teacher_dir, tmp_path):
+    student = _student(teacher_dir)
+    student.save_pretrained(tmp_path / "student")
+    moved = teacher_dir.rename(tmp_path / "elsewhere")
+    resumed = ImleStudentPolicy.from_pretrained(tmp_path / "student").train()  # deploying needs no teacher
+    with pytest.raises(
+        FileNotFoundError, match=rf"Cannot read the teacher checkpoint '{teacher_dir}' \(teacher_path\)"
+    ):
+        resumed.forward(_batch())
+    resumed.config.teacher_path = str(moved)
+    loss, _ = resumed.forward(_batch())
+    assert torch.isfinite(loss)

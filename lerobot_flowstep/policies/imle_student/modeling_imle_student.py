@@ -89,13 +89,23 @@ class ImleStudentPolicy(FlowstepBasePolicy):
 
     @property
     def teacher(self) -> FlowstepTeacherPolicy:
+        device = self.initialized_from_teacher.device
         if not self._teacher_holder:
+            if not self.config.teacher_path:
+                raise ValueError(
+                    "Distilling needs the teacher: set --policy.teacher_path=<teacher checkpoint folder or repo id>."
+                )
+            # Reads only config.json: a teacher folder that moved since the student was configured (a resumed
+            # run) is reported by name here, not by the Hub client's repo-id validation.
+            load_teacher_config(self.config.teacher_path)
             teacher = FlowstepTeacherPolicy.from_pretrained(self.config.teacher_path)
             check_teacher_compatibility(self.config, teacher.config)
             teacher.requires_grad_(False)
-            self._teacher_holder.append(teacher.eval())
-        device = self.initialized_from_teacher.device
-        return self._teacher_holder[0].to(device)
+            self._teacher_holder.append(teacher.eval().to(device))
+        teacher = self._teacher_holder[0]
+        if next(teacher.parameters()).device != device:
+            teacher.to(device)  # the student moved since the teacher was loaded
+        return teacher
 
     @property
     def teacher_cache(self) -> TeacherCache | None:
