@@ -173,6 +173,19 @@ def test_from_pretrained_round_trip_gives_the_same_actions(tmp_path):
     assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_point_cloud_overrides_at_evaluation_are_refused_not_silently_ignored(tmp_path):
+    """lerobot-eval rebuilds the preprocessor from the saved file: a --policy.pointcloud.* override is refused."""
+    cfg = _config()
+    cfg.pointcloud.bounds_low, cfg.pointcloud.bounds_high = [-1.0, -1.0, 0.0], [1.0, 1.0, 3.0]
+    FlowstepTeacherPolicy(cfg).save_pretrained(tmp_path)
+    make_pre_post_processors(cfg, dataset_stats=_stats())[0].save_pretrained(tmp_path)
+    loaded = FlowstepTeacherConfig.from_pretrained(tmp_path)
+    FlowstepTeacherPolicy.from_pretrained(tmp_path, config=loaded)  # as saved: fine
+    loaded.pointcloud.bounds_low = [-0.5, -0.5, 0.0]
+    with pytest.raises(ValueError, match=r"bounds_low: saved \[-1.0, -1.0, 0.0\], requested \[-0.5, -0.5, 0.0\]"):
+        FlowstepTeacherPolicy.from_pretrained(tmp_path, config=loaded)
+
+
 def test_a_truncated_weights_file_is_named_in_the_error(tmp_path):
     FlowstepTeacherPolicy(_config()).save_pretrained(tmp_path)
     weights = tmp_path / "model.safetensors"

@@ -11,17 +11,22 @@ are kept in a history of `n_obs_steps` entries and only the fusion of that histo
 from __future__ import annotations
 
 import abc
+import json
 import math
 from collections import deque
+from dataclasses import asdict, fields
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from lerobot.policies.pretrained import PreTrainedPolicy
-from lerobot.utils.constants import ACTION
+from lerobot.utils.constants import ACTION, POLICY_PREPROCESSOR_DEFAULT_NAME
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from ..encoder import UnifiedObservationEncoder
+from ..processor.pointcloud import REGISTRY_NAME as POINTCLOUD_REGISTRY_NAME
+from ..processor.pointcloud import PointCloudConfig
 from .config_base import FlowstepBaseConfig
 
 if TYPE_CHECKING:
@@ -188,6 +193,7 @@ class FlowstepBasePolicy(PreTrainedPolicy):
         # The trained weights are in model.safetensors: a local pretrained-backbone file named in the saved
         # config is not needed (and rarely exists) on the machine that loads the checkpoint.
         config.encoder.pretrained_backbone_path = None
+        check_saved_pointcloud_step(pretrained_name_or_path, config)
         return super().from_pretrained(pretrained_name_or_path, config=config, **kwargs)
 
     @classmethod
@@ -223,6 +229,37 @@ class FlowstepBasePolicy(PreTrainedPolicy):
             dataset_meta=dataset_meta,
             dataset_repo_id=dataset_repo_id,
             num_parameters=sum(t.numel() for t in self.state_dict().values()),
+        )
+
+
+def check_saved_pointcloud_step(pretrained: str | Path, config: FlowstepBaseConfig) -> None:
+    """Refuse point-cloud settings that differ from the checkpoint's saved preprocessor.
+
+    At evaluation LeRobot rebuilds the preprocessor from `policy_preprocessor.json`, so a
+    `--policy.pointcloud.*` override would be printed with the config but never applied. Raising names the
+    fields instead; only local checkpoint folders are checked (a Hub checkpoint's files are read later)."""
+    path = Path(pretrained) / f"{POLICY_PREPROCESSOR_DEFAULT_NAME}.json"
+    if not path.is_file():
+        return
+    steps = json.loads(path.read_text()).get("steps", [])
+    saved = next((s.get("config", {}) for s in steps if s.get("registry_name") == POINTCLOUD_REGISTRY_NAME), None)
+    wanted = asdict(config.pointcloud)
+    if saved is None:
+        if config.pointcloud.enabled:
+            raise ValueError(
+                f"{path} has no point-cloud step, but the policy config asks for one ({wanted}); evaluation would "
+                "run without it. Drop the --policy.pointcloud.* overrides."
+            )
+        return
+    known = {f.name for f in fields(PointCloudConfig)}
+    saved_config = asdict(PointCloudConfig(**{k: v for k, v in saved.items() if k in known}))
+    differing = {k: (saved_config[k], wanted[k]) for k in known if saved_config[k] != wanted[k]}
+    if differing:
+        details = ", ".join(f"{k}: saved {old!r}, requested {new!r}" for k, (old, new) in differing.items())
+        raise ValueError(
+            f"The point-cloud settings differ from the checkpoint's saved preprocessor ({details}). The saved "
+            f"step ({path}) is what runs at evaluation, so these overrides would not apply: drop them, or change "
+            "the step's config in that file (a cloud made differently from training's is out of distribution)."
         )
 
 
