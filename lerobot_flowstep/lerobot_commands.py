@@ -70,6 +70,26 @@ def lerobot_train(args: list[str], log_path: Path, total_steps: int | None = Non
     _run("lerobot.scripts.lerobot_train", args, log_path, total_steps, desc)
 
 
+def lerobot_train_distributed(
+    args: list[str], num_processes: int, log_path: Path, total_steps: int | None = None, desc: str = "train"
+) -> None:
+    """`lerobot-train` in `num_processes` data-parallel processes through `accelerate launch`.
+
+    `--multi_gpu` makes accelerate start the processes with torch's launcher; with `--policy.device=cpu`
+    LeRobot's Accelerator then runs them on the CPU over gloo. (`accelerate launch --cpu` starts several
+    CPU processes only through MPI, and otherwise runs one.)"""
+    launch = [
+        "--multi_gpu",
+        f"--num_processes={num_processes}",
+        "--num_machines=1",
+        "--mixed_precision=no",
+        "--dynamo_backend=no",
+        "-m",
+        "lerobot.scripts.lerobot_train",
+    ]
+    _run("accelerate.commands.launch", [*launch, *args], log_path, total_steps, desc)
+
+
 def lerobot_eval(
     args: list[str], output_dir: Path, log_path: Path, desc: str = "eval", env: Mapping[str, str] | None = None
 ) -> dict:

@@ -36,25 +36,35 @@ def test_staging_left_by_a_killed_writer_is_removed_by_the_next_write(tmp_path, 
     assert remove_stale_staging(root) == []
 
 
-def test_a_killed_generator_leaves_a_staging_folder_that_the_next_run_removes(tmp_path):
-    """The real failure: SIGKILL in the middle of a write."""
-    root = tmp_path / "data"
+def _kill_during_write(root, signal_name: str) -> subprocess.CompletedProcess:
     code = (
         "import os, signal\n"
         "from lerobot_flowstep.datasets import obstacle_dataset as o\n"
         "original = o.LeRobotDataset.save_episode\n"
         "def save_episode(self, *a, **k):\n"
         "    original(self, *a, **k)\n"
-        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        f"    os.kill(os.getpid(), signal.{signal_name})\n"
         "o.LeRobotDataset.save_episode = save_episode\n"
         f"o.generate_obstacle_dataset({str(root)!r}, num_episodes=2)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
+def test_a_killed_generator_leaves_a_staging_folder_that_the_next_run_removes(tmp_path):
+    """The real failure: SIGKILL in the middle of a write."""
+    root = tmp_path / "data"
+    result = _kill_during_write(root, "SIGKILL")
     assert result.returncode == -9, result.stderr
     leftovers = list(tmp_path.glob(".data.*.tmp"))
     assert len(leftovers) == 1 and not root.exists()
     generate_obstacle_dataset(root, num_episodes=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_sigterm_during_a_write_cleans_up_at_once(tmp_path):
+    result = _kill_during_write(tmp_path / "data", "SIGTERM")
+    assert result.returncode == 143, result.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_overwrite_replaces_datasets_and_empty_folders_only(tmp_path):

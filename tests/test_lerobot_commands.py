@@ -6,7 +6,13 @@ import pytest
 from safetensors import safe_open
 
 from lerobot_flowstep.datasets.obstacle_dataset import generate_obstacle_dataset
-from lerobot_flowstep.lerobot_commands import eval_args, last_checkpoint, lerobot_eval, lerobot_train, train_args
+from lerobot_flowstep.lerobot_commands import (
+    eval_args,
+    last_checkpoint,
+    lerobot_eval,
+    lerobot_train,
+    train_args,
+)
 
 REPO_ID = "local/flowstep_obstacle_test"
 SMALL = ["--policy.horizon=8", "--policy.n_action_steps=4", "--policy.network.hidden_dim=64"]
@@ -99,3 +105,38 @@ def test_camera_teacher_with_point_clouds_trains_and_evaluates_through_lerobot(t
     assert config["input_features"]["observation.pointcloud"]["shape"] == [64, 3]
     assert "observation.images.top" in config["input_features"]
     _eval(tmp_path, "camera", checkpoint, ["--env.camera=true", "--env.image_size=32"])
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_train_teacher_and_cached_student_and_write_one_loadable_checkpoint(tmp_path):
+    """Data-parallel training on LeRobot's engine (accelerate + gloo), as LeRobot supports for its own policies."""
+    from lerobot_flowstep.lerobot_commands import lerobot_train_distributed
+    from lerobot_flowstep.policies.imle_student.modeling_imle_student import ImleStudentPolicy
+    from lerobot_flowstep.teacher_cache import build_teacher_cache
+
+    data = generate_obstacle_dataset(tmp_path / "data", repo_id=REPO_ID, num_episodes=4, seed=0)
+    checkpoints = {}
+    for name, policy_type, extra in (
+        ("teacher", "flowstep_teacher", SMALL),
+        ("student", "imle_student", None),
+    ):
+        if extra is None:
+            cache = tmp_path / "cache.safetensors"
+            build_teacher_cache(checkpoints["teacher"], REPO_ID, data, cache, num_samples=4, num_steps=2)
+            extra = [
+                f"--policy.teacher_path={checkpoints['teacher']}",
+                f"--policy.teacher_cache_path={cache}",
+                "--policy.num_teacher_samples=4",
+                "--policy.num_student_samples=4",
+            ]
+        train_dir = tmp_path / name
+        log = tmp_path / f"{name}.log"
+        lerobot_train_distributed(
+            [*train_args(policy_type, REPO_ID, data, train_dir, steps=3, batch_size=4), *extra], 2, log, total_steps=3
+        )
+        text = log.read_text()
+        assert "Effective batch size: 4 x 2 = 8" in text
+        assert sorted(p.name for p in (train_dir / "checkpoints").iterdir()) == ["000003", "last"]
+        checkpoints[name] = last_checkpoint(train_dir)
+    student = ImleStudentPolicy.from_pretrained(checkpoints["student"], strict=True)
+    assert bool(student.initialized_from_teacher)

@@ -4,9 +4,9 @@ Shared by the dataset generators and converters. The dataset is built in a tempo
 destination (same filesystem, so the final rename is atomic) and moved into place only when the body of
 `atomic_lerobot_dataset` finishes without an exception. A failed or interrupted write (KeyboardInterrupt
 included) leaves neither a partial dataset nor the temporary folder; with `overwrite=True` a previous
-dataset at the destination survives until the new one replaces it. A process killed outright (SIGKILL)
-cannot clean up: its staging folder records the writer's process id, and the next write to the same
-destination removes it once that process is gone.
+dataset at the destination survives until the new one replaces it. SIGTERM unwinds through the clean-up
+too. A process killed outright (SIGKILL) cannot clean up: its staging folder records the writer's process
+id, and the next write to the same destination removes it once that process is gone.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -142,6 +144,10 @@ def atomic_lerobot_dataset(
     (staging / OWNER_FILE).write_text(str(os.getpid()))
     built = staging / "dataset"
     dataset: LeRobotDataset | None = None
+    # SIGTERM (a job scheduler, `kill`) would end the process without running the clean-up below; raising
+    # SystemExit instead unwinds through it. Only the main thread may set handlers.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous_handler = signal.signal(signal.SIGTERM, _exit_on_sigterm) if main_thread else None
     try:
         with quiet_datasets_progress_bars():
             dataset = LeRobotDataset.create(root=built, **create_kwargs)
@@ -155,3 +161,9 @@ def atomic_lerobot_dataset(
             with contextlib.suppress(Exception):
                 dataset.finalize()
         shutil.rmtree(staging, ignore_errors=True)
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
