@@ -15,8 +15,8 @@ SIZE = 16
 K = [[12.0, 0.0, 7.5], [0.0, 12.0, 7.5], [0.0, 0.0, 1.0]]
 
 
-def _config(**kwargs) -> FlowstepTeacherConfig:
-    cfg = FlowstepTeacherConfig(
+def _config(config_class=FlowstepTeacherConfig, **kwargs) -> FlowstepTeacherConfig:
+    cfg = config_class(
         device="cpu",
         input_features=camera_features(SIZE),
         output_features=dict(ACTION_FEATURES),
@@ -79,16 +79,7 @@ def test_a_nonfinite_loss_stops_training_naming_the_step_and_the_keys(policy_typ
     if policy_type == "imle_student":
         from lerobot_flowstep.policies.imle_student.configuration_imle_student import ImleStudentConfig
 
-        cfg = ImleStudentConfig(
-            device="cpu",
-            input_features=camera_features(SIZE),
-            output_features=dict(ACTION_FEATURES),
-            horizon=8,
-            n_action_steps=4,
-            objective="regression",
-        )
-        cfg.encoder.vision_backbone = "conv"
-        cfg.pointcloud.cameras, cfg.pointcloud.num_points = ["top"], 32
+        cfg = _config(ImleStudentConfig, objective="regression")  # the regression loss needs no teacher
     else:
         cfg = _config()
     policy = get_policy_class(policy_type)(cfg).train()
