@@ -47,6 +47,7 @@ from lerobot_flowstep.converters.rlbench import (
     read_episode,
 )
 from lerobot_flowstep.encoder import EncoderConfig
+from lerobot_flowstep.envs.rlbench import RLBenchEnv
 from lerobot_flowstep.latency import LatencyStats, measure_latency
 from lerobot_flowstep.networks import NetworkConfig
 from lerobot_flowstep.policies.flowstep_teacher.configuration_flowstep_teacher import FlowstepTeacherConfig
@@ -157,11 +158,15 @@ def run(args: argparse.Namespace) -> list[dict]:
 # --- the RLBench size ------------------------------------------------------------------------------
 
 
-def rlbench_frames(episode_dir: Path, device: str) -> list[dict[str, torch.Tensor]]:
-    """Every frame of one RLBench episode as `lerobot-eval` hands it to the preprocessor (batch of one)."""
+def rlbench_frames(episode_dir: Path | None, device: str) -> list[dict[str, torch.Tensor]]:
+    """Every frame of one RLBench episode as `lerobot-eval` hands it to the preprocessor (batch of one); with
+    no episode folder, 70 scenes of the `rlbench` env's fake backend (ray-cast, RLBench's camera layout)."""
+    if episode_dir is None:
+        return fake_rlbench_frames(device)
     if not (episode_dir / "low_dim_obs.pkl").exists():
         raise FileNotFoundError(
-            f"{episode_dir} is not an RLBench episode folder (no low_dim_obs.pkl); pass --episode <.../episodeN>."
+            f"{episode_dir} is not an RLBench episode folder (no low_dim_obs.pkl); pass --episode <.../episodeN>, "
+            "or --episode fake for the env's fake backend."
         )
     _, episodes = discover_episodes(episode_dir.parents[2])
     episode = next(e for e in episodes if e.path.resolve() == episode_dir.resolve())
@@ -176,6 +181,23 @@ def rlbench_frames(episode_dir: Path, device: str) -> list[dict[str, torch.Tenso
             frame[intrinsics_key(cam)] = torch.from_numpy(arrays.intrinsics[cam][t][None]).float()
             frame[extrinsics_key(cam)] = torch.from_numpy(arrays.extrinsics[cam][t][None]).float()
         frames.append({k: v.to(device) for k, v in frame.items()})
+    return frames
+
+
+def fake_rlbench_frames(device: str, count: int = 70) -> list[dict[str, torch.Tensor]]:
+    """Frames of the fake backend, one seeded scene each, mapped to the policy's keys as the env config does."""
+    env = RLBenchEnv(cameras=list(RLBENCH_CAMERAS), image_size=128, backend="fake")
+    frames = []
+    for seed in range(count):
+        obs, _ = env.reset(seed=seed)
+        frame = {OBS_STATE: torch.from_numpy(obs["agent_pos"][None]).float()}
+        for cam in RLBENCH_CAMERAS:
+            frame[rgb_key(cam)] = torch.from_numpy(obs["pixels"][cam]).permute(2, 0, 1)[None].float() / 255.0
+            frame[depth_key(cam)] = torch.from_numpy(obs[f"depth.{cam}"][None]).float()
+            frame[intrinsics_key(cam)] = torch.from_numpy(obs[f"camera.{cam}.intrinsics"][None]).float()
+            frame[extrinsics_key(cam)] = torch.from_numpy(obs[f"camera.{cam}.extrinsics"][None]).float()
+        frames.append({k: v.to(device) for k, v in frame.items()})
+    env.close()
     return frames
 
 
@@ -292,7 +314,12 @@ def time_network(label: str, network: NetworkConfig, args, frames, add, timing, 
 
 def run_rlbench(args: argparse.Namespace) -> list[dict]:
     device = args.device
-    frames = rlbench_frames(Path(args.episode), device)
+    episode = None if args.episode == "fake" else Path(args.episode)
+    if episode is not None and not episode.exists() and args.episode == str(RLBENCH_EPISODE):
+        print(f"{episode} is absent (the shared demos are not beside this clone): timing the fake backend's scenes")
+        episode = None
+    frames = rlbench_frames(episode, device)
+    print(f"frames: {'the fake backend' if episode is None else episode} ({len(frames)})")
     rows: list[dict] = []
 
     def add(name: str, stats: LatencyStats, **extra) -> None:
@@ -341,7 +368,11 @@ def run_rlbench(args: argparse.Namespace) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=("embedded", "rlbench"), default="embedded")
-    parser.add_argument("--episode", default=str(RLBENCH_EPISODE), help="RLBench episode folder (--task rlbench)")
+    parser.add_argument(
+        "--episode",
+        default=str(RLBENCH_EPISODE),
+        help="RLBench episode folder, or 'fake' for the rlbench env's fake backend (--task rlbench)",
+    )
     parser.add_argument(
         "--default-candidates", type=int, default=16, help="the student's default candidate count (--task rlbench)"
     )
