@@ -1,7 +1,5 @@
 """The Conditional Flow Matching teacher policy."""
 
-from __future__ import annotations
-
 from lerobot.utils.constants import ACTION
 from torch import Tensor
 

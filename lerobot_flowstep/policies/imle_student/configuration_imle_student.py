@@ -93,11 +93,6 @@ class ImleStudentConfig(FlowstepBaseConfig):
         for name in ("num_teacher_samples", "num_student_samples", "num_candidate_sets", "num_inference_candidates"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        if self.objective == "imle" and not self.teacher_path:
-            raise ValueError(
-                "The imle objective distils a teacher: set --policy.teacher_path=<teacher checkpoint folder or "
-                "repo id> (or --policy.objective=regression for the teacher-free baseline)."
-            )
         if self.teacher_path and self.inherit_teacher_config and not self.teacher_config_inherited:
             teacher = load_teacher_config(self.teacher_path)
             for name in INHERITED_FIELDS:

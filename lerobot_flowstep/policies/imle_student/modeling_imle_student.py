@@ -1,7 +1,5 @@
 """The one-step IMLE student policy."""
 
-from __future__ import annotations
-
 import torch
 from lerobot.utils.constants import ACTION
 from torch import Tensor
@@ -93,7 +91,8 @@ class ImleStudentPolicy(FlowstepBasePolicy):
         if not self._teacher_holder:
             if not self.config.teacher_path:
                 raise ValueError(
-                    "Distilling needs the teacher: set --policy.teacher_path=<teacher checkpoint folder or repo id>."
+                    "The imle objective distils a teacher: set --policy.teacher_path=<teacher checkpoint folder or "
+                    "repo id> (or --policy.objective=regression for the teacher-free baseline)."
                 )
             # Reads only config.json: a teacher folder that moved since the student was configured (a resumed
             # run) is reported by name here, not by the Hub client's repo-id validation.
