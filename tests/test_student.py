@@ -207,3 +207,17 @@ def test_a_student_without_teacher_builds_and_asks_for_one_when_distillation_sta
     ).train()
     with pytest.raises(ValueError, match=r"set --policy.teacher_path="):
         student.forward(_batch(horizon=student.config.horizon))
+
+
+def test_the_teacher_is_copied_once_and_never_again_after_resuming(teacher_dir, tmp_path, monkeypatch):
+    calls = []
+    original = ImleStudentPolicy.initialize_from_teacher
+    monkeypatch.setattr(ImleStudentPolicy, "initialize_from_teacher", lambda self: calls.append(1) or original(self))
+    student = _student(teacher_dir).train()
+    for _ in range(3):
+        student.forward(_batch())
+    assert len(calls) == 1 and bool(student.initialized_from_teacher)
+    student.save_pretrained(tmp_path / "student")
+    resumed = ImleStudentPolicy.from_pretrained(tmp_path / "student").train()
+    resumed.forward(_batch())
+    assert len(calls) == 1  # the saved flag says the weights already hold (and have moved on from) the copy

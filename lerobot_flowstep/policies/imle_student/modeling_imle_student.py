@@ -70,6 +70,7 @@ class ImleStudentPolicy(FlowstepBasePolicy):
         # Saved with the weights, so that resuming or fine-tuning never re-copies the teacher's weights.
         self.register_buffer("initialized_from_teacher", torch.tensor(False))
         self._teacher_holder: list[FlowstepTeacherPolicy] = []
+        self._teacher_copy_checked = False
         self._cache_holder: list[TeacherCache] = []
         if config.objective == "imle" and config.teacher_path:
             try:
@@ -157,8 +158,11 @@ class ImleStudentPolicy(FlowstepBasePolicy):
             self.check_loss(info["l2_loss"], batch)
             return loss, info
 
-        if self.config.init_from_teacher and self.training and not bool(self.initialized_from_teacher):
-            self.initialize_from_teacher()
+        if self.config.init_from_teacher and self.training and not self._teacher_copy_checked:
+            # The buffer is read once per process (a device sync), not at every step: it only changes here.
+            if not bool(self.initialized_from_teacher):
+                self.initialize_from_teacher()
+            self._teacher_copy_checked = True
         targets = self.teacher_targets(batch)
         if self.config.include_dataset_action:
             targets = torch.cat([targets, actions[:, None].to(targets.dtype)], dim=1)
