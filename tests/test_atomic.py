@@ -2,6 +2,7 @@
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 
@@ -19,20 +20,24 @@ def _dead_pid() -> int:
 
 def test_staging_left_by_a_killed_writer_is_removed_by_the_next_write(tmp_path, caplog):
     root = tmp_path / "data"
-    killed = tmp_path / ".data.abc123.tmp"
+    killed = tmp_path / ".data.abc12345.tmp"
     (killed / "dataset" / "meta").mkdir(parents=True)
-    (killed / OWNER_FILE).write_text(str(_dead_pid()))
-    running = tmp_path / ".data.def456.tmp"
+    (killed / OWNER_FILE).write_text(f"{socket.gethostname()}:{_dead_pid()}")
+    running = tmp_path / ".data.def45678.tmp"
     running.mkdir()
-    (running / OWNER_FILE).write_text(str(os.getpid()))  # a writer still at work is left alone
-    unknown = tmp_path / ".data.old789.tmp"
+    (running / OWNER_FILE).write_text(f"{socket.gethostname()}:{os.getpid()}")  # a writer at work is left alone
+    unknown = tmp_path / ".data.old78901.tmp"
     unknown.mkdir()
+    remote = tmp_path / ".data.far12345.tmp"  # another host's writer, on a shared filesystem
+    remote.mkdir()
+    (remote / OWNER_FILE).write_text(f"not-{socket.gethostname()}:{_dead_pid()}")
     with caplog.at_level(logging.WARNING):
         generate_obstacle_dataset(root, num_episodes=1)
     assert not killed.exists()
-    assert running.exists() and unknown.exists()
+    assert running.exists() and unknown.exists() and remote.exists()
     assert f"Removed {killed}" in caplog.text and f"{unknown} looks like the staging folder" in caplog.text
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".data.def456.tmp", ".data.old789.tmp", "data"]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [".data.def45678.tmp", ".data.far12345.tmp", ".data.old78901.tmp", "data"]
     assert remove_stale_staging(root) == []
 
 
@@ -79,3 +84,21 @@ def test_overwrite_replaces_datasets_and_empty_folders_only(tmp_path):
         check_destination(tmp_path / "file", overwrite=True)
     with pytest.raises(ValueError, match="would replace the input"):
         check_destination(tmp_path, overwrite=True, sources=[tmp_path / "notes" / "todo.txt"])
+
+
+def test_an_interruption_between_the_two_renames_puts_the_previous_dataset_back(tmp_path, monkeypatch):
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from lerobot_flowstep.datasets import atomic
+
+    root = generate_obstacle_dataset(tmp_path / "data", repo_id="local/a", num_episodes=2)
+
+    def interrupted(built, root, staging):
+        os.replace(root, staging / "previous")
+        raise SystemExit(143)  # SIGTERM right after the old dataset was moved aside
+
+    monkeypatch.setattr(atomic, "_move_into_place", interrupted)
+    with pytest.raises(SystemExit):
+        generate_obstacle_dataset(root, repo_id="local/a", num_episodes=1, overwrite=True)
+    assert LeRobotDataset("local/a", root=root).num_episodes == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]

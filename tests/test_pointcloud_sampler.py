@@ -31,6 +31,7 @@ from lerobot_flowstep.geometry import (
     in_bounds,
     voxel_downsample,
 )
+from lerobot_flowstep.processor import pointcloud as pointcloud_module
 from lerobot_flowstep.processor.pointcloud import PointCloudProcessorStep
 
 CAMERAS = ["front", "left_shoulder", "right_shoulder", "wrist"]
@@ -222,7 +223,7 @@ def test_fixed_camera_with_a_zero_focal_length_is_refused_at_construction():
 def test_a_stored_cloud_is_used_as_it_is_and_a_mismatched_one_is_refused(monkeypatch):
     step = PointCloudProcessorStep(cameras=["a"], num_points=16)
     stored = torch.rand(4, 2, 16, 3)
-    monkeypatch.setattr(geometry, "fuse_pointcloud", lambda *a, **k: pytest.fail("the stored cloud was recomputed"))
+    monkeypatch.setattr(pointcloud_module, "fuse_pointcloud", lambda *a, **k: pytest.fail("the cloud was recomputed"))
     observation = {**_plane_observation(2.0, batch=4), OBS_POINTCLOUD: stored}
     assert step.observation(observation)[OBS_POINTCLOUD] is stored
     with pytest.raises(ValueError, match=r"num_points=16.*Store the dataset's clouds with the same settings"):

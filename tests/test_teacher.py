@@ -91,7 +91,8 @@ def test_a_nonfinite_loss_stops_training_naming_the_step_and_the_keys(policy_typ
     raw["action"][1, 3, 0] = float("nan")
     poisoned = pre(raw)
     with pytest.raises(
-        FloatingPointError, match=r"loss is nan at step 3 .*batch keys holding NaN or inf: \['action'\]"
+        FloatingPointError,
+        match=r"loss is nan at training forward call 3 .*batch keys holding NaN or inf: \['action'\]",
     ):
         policy.forward(poisoned)
     cfg.stop_on_nonfinite_loss = False

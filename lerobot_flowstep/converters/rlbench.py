@@ -170,12 +170,17 @@ class RLBenchUnpickler(pickle.Unpickler):
     def __init__(self, file: Any, max_bytes: int | None = None) -> None:
         super().__init__(file)
         self.max_bytes = max_bytes
+        self._requested = 0
 
     def _bytearray(self, *args: Any) -> bytearray:
-        if args and isinstance(args[0], int) and self.max_bytes is not None and args[0] > self.max_bytes:
-            raise pickle.UnpicklingError(
-                f"asks for a bytearray of {args[0]:,} bytes, more than the whole file ({self.max_bytes:,} bytes) holds"
-            )
+        if args and isinstance(args[0], int) and self.max_bytes is not None:
+            # Counted over the whole file, so that many small requests cannot add up either.
+            self._requested += args[0]
+            if self._requested > self.max_bytes:
+                raise pickle.UnpicklingError(
+                    f"asks for a bytearray of {args[0]:,} bytes, more than the whole file ({self.max_bytes:,} bytes) "
+                    "holds"
+                )
         return bytearray(*args)
 
     def find_class(self, module: str, name: str) -> Any:

@@ -530,7 +530,8 @@ def convert_zarr(
         for index in bar:
             start, end = int(starts[index]), int(ends[index])
             values = {column.mapping.key: column.episode(start, end) for column in columns}
-            bad = first_nonfinite(values)
+            # Depth maps mark missing returns with NaN or inf, which the point-cloud step already drops.
+            bad = first_nonfinite({c.mapping.key: values[c.mapping.key] for c in columns if c.kind != "depth"})
             if bad is not None:
                 source = next(c.mapping.source for c in columns if c.mapping.key == bad.key)
                 if drop_nonfinite_episodes:

@@ -14,8 +14,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import signal
+import socket
 import tempfile
 import threading
 from collections.abc import Iterator, Sequence
@@ -67,17 +69,23 @@ def check_destination(root: Path, overwrite: bool, sources: Sequence[Path | str]
 def remove_stale_staging(root: Path) -> list[Path]:
     """Remove the staging folders that killed writes to `root` left beside it; returns what was removed.
 
-    A staging folder whose writer is still running (another conversion to the same destination) is kept;
-    one without an owner file (written before owner files existed) is only reported."""
+    A staging folder whose writer is still running (another conversion to the same destination), or was
+    started on another host, is kept; one without an owner file (written before owner files existed) is
+    only reported."""
     removed = []
+    pattern = re.compile(rf"^\.{re.escape(Path(root).name)}\.[a-z0-9_]{{8}}\.tmp$")
     for staging in sorted(Path(root).parent.glob(f".{Path(root).name}.*.tmp")):
+        if not pattern.match(staging.name):
+            continue
         owner = staging / OWNER_FILE
         try:
-            pid = int(owner.read_text().strip())
+            host, _, pid_text = owner.read_text().strip().rpartition(":")
+            pid = int(pid_text)
         except (OSError, ValueError):
             logger.warning("%s looks like the staging folder of an interrupted write to %s; delete it", staging, root)
             continue
-        if _process_alive(pid):
+        if host != socket.gethostname() or _process_alive(pid):
+            # A writer on another machine (a shared filesystem) cannot be checked from here, so it is left alone.
             continue
         shutil.rmtree(staging, ignore_errors=True)
         logger.warning("Removed %s, left by an interrupted write to %s (process %d is gone).", staging, root, pid)
@@ -141,7 +149,7 @@ def atomic_lerobot_dataset(
     root.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(root)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
-    (staging / OWNER_FILE).write_text(str(os.getpid()))
+    (staging / OWNER_FILE).write_text(f"{socket.gethostname()}:{os.getpid()}")
     built = staging / "dataset"
     dataset: LeRobotDataset | None = None
     # SIGTERM (a job scheduler, `kill`) would end the process without running the clean-up below; raising
@@ -160,9 +168,13 @@ def atomic_lerobot_dataset(
             # deleted staging folder later, which would recreate it.
             with contextlib.suppress(Exception):
                 dataset.finalize()
+        previous = staging / "previous"
+        if previous.exists() and not (root.exists() or root.is_symlink()):
+            # Interrupted between moving the old dataset aside and moving the new one in: put the old one back.
+            os.replace(previous, root)
         shutil.rmtree(staging, ignore_errors=True)
         if main_thread:
-            signal.signal(signal.SIGTERM, previous_handler)
+            signal.signal(signal.SIGTERM, previous_handler if previous_handler is not None else signal.SIG_DFL)
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:

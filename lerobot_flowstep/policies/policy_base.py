@@ -81,9 +81,10 @@ class FlowstepBasePolicy(PreTrainedPolicy):
         return self.encoder(self._observation_history(batch))
 
     def check_loss(self, loss_value: float, batch: dict[str, Tensor]) -> None:
-        """Count a training step and stop at a non-finite loss (`config.stop_on_nonfinite_loss`), naming the step
-        and the batch keys holding NaN or inf. `loss_value` is the float already taken for logging, so the
-        check adds no device synchronisation; the keys are inspected only on failure."""
+        """Count a training forward call and stop at a non-finite loss (`config.stop_on_nonfinite_loss`), naming
+        the call and the batch keys holding NaN or inf. `loss_value` is the float already taken for logging, so
+        the check adds no device synchronisation; the keys are inspected only on failure. Under data-parallel
+        training only the process that saw the bad batch raises; the others stop at their next collective."""
         self._training_steps += 1
         if math.isfinite(loss_value) or not self.config.stop_on_nonfinite_loss:
             return
@@ -94,7 +95,8 @@ class FlowstepBasePolicy(PreTrainedPolicy):
         ]
         cause = f"batch keys holding NaN or inf: {bad}" if bad else "no batch key holds NaN or inf (the model diverged)"
         raise FloatingPointError(
-            f"{self.name}: the training loss is {loss_value} at step {self._training_steps} of this run; {cause}. "
+            f"{self.name}: the training loss is {loss_value} at training forward call {self._training_steps} of "
+            f"this process; {cause}. "
             "Training stops here, before a NaN checkpoint is written. Check the dataset (its stats.json), or "
             "lower the learning rate; --policy.stop_on_nonfinite_loss=false trains on regardless."
         )
@@ -259,7 +261,8 @@ def check_saved_pointcloud_step(pretrained: str | Path, config: FlowstepBaseConf
         raise ValueError(
             f"The point-cloud settings differ from the checkpoint's saved preprocessor ({details}). The saved "
             f"step ({path}) is what runs at evaluation, so these overrides would not apply: drop them, or change "
-            "the step's config in that file (a cloud made differently from training's is out of distribution)."
+            "the same fields in both that file and config.json (a cloud made unlike training's is out of "
+            "distribution)."
         )
 
 
