@@ -315,6 +315,33 @@ def coverage_radius(points: Tensor, samples: Tensor, chunk: int = 256) -> float:
     return float(nearest.max())
 
 
+def _batched_torch_fps(
+    features: Tensor,
+    valid: Tensor,
+    counts: list[int],
+    num_points: int,
+    generator: torch.Generator | None,
+    empty_fill: Sequence[float] | None,
+) -> Tensor:
+    """Exact FPS of all frames (B, C, N) in one batched loop (a few kernels per sampled point for the whole
+    batch, which is what an accelerator needs), over the clouds compacted to the longest frame's valid count."""
+    width = features.shape[1]
+    longest = max(counts)
+    out = torch.zeros(len(counts), num_points, width, dtype=features.dtype, device=features.device)
+    if empty_fill is not None:
+        out[..., :3] = torch.as_tensor(empty_fill, dtype=features.dtype, device=features.device)
+    rows = [b for b, count in enumerate(counts) if count > 0]
+    if not rows:
+        return out
+    # Valid points first (a stable sort keeps their order), then cut at the longest frame's count.
+    order = torch.argsort((~valid[rows]).to(torch.int8), dim=-1, stable=True)[:, :longest]
+    compact = torch.gather(features[rows], 2, order[:, None, :].expand(-1, width, -1)).transpose(1, 2)
+    compact_valid = torch.gather(valid[rows], 1, order)
+    indices = farthest_point_sample(compact[..., :3], num_points, compact_valid, generator=generator, backend="torch")
+    out[rows] = gather_points(compact, indices)
+    return out
+
+
 def _floats(values: Sequence[float] | Tensor) -> list[float]:
     return values.tolist() if isinstance(values, Tensor) else [float(v) for v in values]
 
@@ -356,6 +383,13 @@ def fuse_pointcloud(
     all_points, all_depths, all_colors = [], [], []
     for i, depth in enumerate(depths):
         height, width = depth.shape[-2:]
+        frames = depth.shape[:-2]
+        if torch.broadcast_shapes(frames, intrinsics[i].shape[:-2], extrinsics[i].shape[:-2]) != frames:
+            raise ValueError(
+                f"camera '{names[i]}': depth {tuple(depth.shape)} must be (..., H, W) with the frame dimensions of its "
+                f"intrinsics {tuple(intrinsics[i].shape)} and extrinsics {tuple(extrinsics[i].shape)} (or none for a "
+                "fixed camera); a depth map with a channel dimension needs .squeeze(-3)."
+            )
         k = intrinsics[i].to(depth.dtype)
         rays = ray_cache.rays(k, height, width) if ray_cache is not None else planar_rays(k, height, width)
         pose = extrinsics[i].to(depth.dtype)
@@ -395,6 +429,10 @@ def fuse_pointcloud(
             list(empty_fill),
         )
     sampler = resolve_fps_backend(backend, features.device)
+    if sampler == "torch" and not voxel_size:
+        return _batched_torch_fps(features, valid, counts, num_points, generator, empty_fill).reshape(
+            *leading, num_points, width
+        )
     clouds = []
     for b, count in enumerate(counts):
         if count == 0:

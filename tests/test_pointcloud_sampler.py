@@ -251,3 +251,31 @@ def test_coverage_radius_against_brute_force():
     expected = max(min(float(torch.linalg.norm(p - q)) for q in samples) for p in points[:50])
     assert coverage_radius(points[:50], samples, chunk=7) == pytest.approx(expected, rel=1e-5)
     assert coverage_radius(samples, samples) == pytest.approx(0.0, abs=1e-3)
+
+
+def test_depth_that_does_not_match_its_camera_parameters_is_refused():
+    observation = _plane_observation(2.0, batch=4)
+    depth = observation[depth_key("a")]  # (4, 1, 8, 8): a channel dimension left in
+    k, t = observation[intrinsics_key("a")], observation[extrinsics_key("a")]
+    with pytest.raises(ValueError, match=r"camera 'a': depth \(4, 1, 8, 8\) must be \(\.\.\., H, W\)"):
+        geometry.fuse_pointcloud([depth], [k], [t], 8, camera_names=["a"])
+    assert geometry.fuse_pointcloud([depth[:, 0]], [k], [t], 8).shape == (4, 8, 3)
+    assert geometry.fuse_pointcloud([depth[:, 0]], [k[0]], [t[0]], 8).shape == (4, 8, 3)  # a fixed camera
+
+
+def test_the_batched_torch_sampler_gives_each_frame_its_own_cloud(caplog):
+    """The torch sampler runs all frames in one loop (what a GPU needs); each frame's cloud must be the one
+    that frame alone gives, and an empty frame in the batch gets the fill."""
+    step = PointCloudProcessorStep(
+        cameras=["a"], num_points=12, bounds_low=[-1, -1, 0.5], bounds_high=[1, 1, 3], sampler="torch"
+    )
+    g = torch.Generator().manual_seed(5)
+    observation = _plane_observation(2.0, batch=3)
+    observation[depth_key("a")] = 1.0 + torch.rand(3, 1, 8, 8, generator=g)
+    observation[depth_key("a")][0, 0, :4] = 0.0  # frames of different valid counts
+    observation[depth_key("a")][1] = 0.0  # and an empty one
+    batched = step.observation(dict(observation))[OBS_POINTCLOUD]
+    for b in (0, 2):
+        alone = step.observation({k: v[b : b + 1] for k, v in observation.items()})[OBS_POINTCLOUD][0]
+        assert torch.equal(batched[b], alone)
+    assert torch.equal(batched[1], torch.tensor([0.0, 0.0, 1.75]).expand(12, 3))
