@@ -171,17 +171,8 @@ def rlbench_frames(episode_dir: Path | None, device: str) -> list[dict[str, torc
     _, episodes = discover_episodes(episode_dir.parents[2])
     episode = next(e for e in episodes if e.path.resolve() == episode_dir.resolve())
     arrays = read_episode(episode, RLBENCH_CAMERAS)
-    state = arrays.state()
-    frames = []
-    for t in range(arrays.num_frames):
-        frame = {OBS_STATE: torch.from_numpy(state[t][None]).float()}
-        for cam in RLBENCH_CAMERAS:
-            frame[rgb_key(cam)] = torch.from_numpy(arrays.rgb[cam][t]).permute(2, 0, 1)[None].float() / 255.0
-            frame[depth_key(cam)] = torch.from_numpy(arrays.depth[cam][t][None, None]).float()
-            frame[intrinsics_key(cam)] = torch.from_numpy(arrays.intrinsics[cam][t][None]).float()
-            frame[extrinsics_key(cam)] = torch.from_numpy(arrays.extrinsics[cam][t][None]).float()
-        frames.append({k: v.to(device) for k, v in frame.items()})
-    return frames
+    frames = [arrays.observation(t, RLBENCH_CAMERAS) for t in range(arrays.num_frames)]
+    return [{k: v.to(device) for k, v in frame.items()} for frame in frames]
 
 
 def fake_rlbench_frames(device: str, count: int = 70) -> list[dict[str, torch.Tensor]]:

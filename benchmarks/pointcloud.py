@@ -55,13 +55,7 @@ def frames(task: Path, every: int) -> list[dict[str, torch.Tensor]]:
     out = []
     for episode in episodes:
         arrays = read_episode(episode, CAMERAS)
-        for t in range(0, arrays.num_frames, every):
-            observation = {}
-            for cam in CAMERAS:
-                observation[depth_key(cam)] = torch.from_numpy(arrays.depth[cam][t][None, None]).float()
-                observation[intrinsics_key(cam)] = torch.from_numpy(arrays.intrinsics[cam][t][None]).float()
-                observation[extrinsics_key(cam)] = torch.from_numpy(arrays.extrinsics[cam][t][None]).float()
-            out.append(observation)
+        out += [arrays.observation(t, CAMERAS) for t in range(0, arrays.num_frames, every)]
     return out
 
 

@@ -148,17 +148,22 @@ def planar_rays(intrinsics: Tensor, height: int, width: int) -> Tensor:
     return camera_rays(intrinsics, height, width).flatten(-3, -2).transpose(-1, -2).contiguous()
 
 
+def camera_parameters_ok(intrinsics: Sequence[Tensor], extrinsics: Sequence[Tensor]) -> Tensor:
+    """A boolean scalar tensor, still on the device: every camera's parameters are finite with non-zero focal
+    lengths. `fuse_pointcloud` reads it with its one synchronisation; `check_camera_parameters` raises."""
+    values = torch.cat([p.reshape(-1) for p in (*intrinsics, *extrinsics)])
+    focals = torch.cat([k[..., [0, 1], [0, 1]].reshape(-1) for k in intrinsics])
+    return torch.isfinite(values).all() & (focals != 0).all()
+
+
 def check_camera_parameters(
     intrinsics: Sequence[Tensor], extrinsics: Sequence[Tensor], camera_names: Sequence[str]
 ) -> None:
     """Raise, naming the camera, when its intrinsics or extrinsics hold NaN/inf or a zero focal length.
 
     Such parameters back-project every pixel to NaN or infinity, which would silently become NaN actions.
-    All cameras are checked together, with a single device synchronisation.
     """
-    values = torch.cat([p.reshape(-1) for p in (*intrinsics, *extrinsics)])
-    focals = torch.cat([k[..., [0, 1], [0, 1]].reshape(-1) for k in intrinsics])
-    if bool(torch.isfinite(values).all() & (focals != 0).all()):
+    if bool(camera_parameters_ok(intrinsics, extrinsics)):
         return
     problems = []
     for name, k, t in zip(camera_names, intrinsics, extrinsics, strict=True):
@@ -316,30 +321,19 @@ def coverage_radius(points: Tensor, samples: Tensor, chunk: int = 256) -> float:
 
 
 def _batched_torch_fps(
-    features: Tensor,
-    valid: Tensor,
-    counts: list[int],
-    num_points: int,
-    generator: torch.Generator | None,
-    empty_fill: Sequence[float] | None,
+    features: Tensor, valid: Tensor, longest: int, num_points: int, generator: torch.Generator | None
 ) -> Tensor:
-    """Exact FPS of all frames (B, C, N) in one batched loop (a few kernels per sampled point for the whole
-    batch, which is what an accelerator needs), over the clouds compacted to the longest frame's valid count."""
+    """Exact FPS of frames (B, C, N), each with a valid point, in one batched loop (a few kernels per sampled
+    point for the whole batch, which is what an accelerator needs), over the clouds compacted to the longest
+    frame's valid count. Returns (B, num_points, C)."""
     width = features.shape[1]
-    longest = max(counts)
-    out = torch.zeros(len(counts), num_points, width, dtype=features.dtype, device=features.device)
-    if empty_fill is not None:
-        out[..., :3] = torch.as_tensor(empty_fill, dtype=features.dtype, device=features.device)
-    rows = [b for b, count in enumerate(counts) if count > 0]
-    if not rows:
-        return out
     # Valid points first (a stable sort keeps their order), then cut at the longest frame's count.
-    order = torch.argsort((~valid[rows]).to(torch.int8), dim=-1, stable=True)[:, :longest]
-    compact = torch.gather(features[rows], 2, order[:, None, :].expand(-1, width, -1)).transpose(1, 2)
-    compact_valid = torch.gather(valid[rows], 1, order)
-    indices = farthest_point_sample(compact[..., :3], num_points, compact_valid, generator=generator, backend="torch")
-    out[rows] = gather_points(compact, indices)
-    return out
+    order = torch.argsort((~valid).to(torch.int8), dim=-1, stable=True)[:, :longest]
+    compact = torch.gather(features, 2, order[:, None, :].expand(-1, width, -1)).transpose(1, 2)
+    indices = farthest_point_sample(
+        compact[..., :3], num_points, torch.gather(valid, 1, order), generator=generator, backend="torch"
+    )
+    return gather_points(compact, indices)
 
 
 def _floats(values: Sequence[float] | Tensor) -> list[float]:
@@ -379,7 +373,7 @@ def fuse_pointcloud(
     cloud is then `num_points` copies of that point (black), and a warning is logged.
     """
     names = list(camera_names) if camera_names is not None else [f"#{i}" for i in range(len(depths))]
-    check_camera_parameters(intrinsics, extrinsics, names)
+    parameters_ok = camera_parameters_ok(intrinsics, extrinsics)
     all_points, all_depths, all_colors = [], [], []
     for i, depth in enumerate(depths):
         height, width = depth.shape[-2:]
@@ -411,13 +405,17 @@ def fuse_pointcloud(
     width = features.shape[-2]
     features = features.reshape(-1, *features.shape[-2:])
     valid = valid.expand(*leading, valid.shape[-1]).reshape(-1, valid.shape[-1])
-    counts = valid.sum(-1).tolist()  # one device synchronisation for every frame's compaction
+    # One device synchronisation for the camera check and every frame's compaction.
+    *counts, good = torch.cat([valid.sum(-1), parameters_ok.long().reshape(1)]).tolist()
+    if not good:
+        check_camera_parameters(intrinsics, extrinsics, names)
     empty = [b for b, count in enumerate(counts) if count == 0]
     if empty and empty_fill is None:
         raise ValueError(
             f"{len(empty)} of {len(counts)} frames (flat indices {empty[:10]}) have no valid depth point of "
             f"cameras {names}" + (" inside the bounds." if bounds_low is not None else ".")
         )
+    clouds = torch.zeros(len(counts), num_points, width, dtype=features.dtype, device=features.device)
     if empty:
         logger.warning(
             "Point cloud: %d of %d frames have no valid depth point of cameras %s inside the bounds; their cloud "
@@ -428,18 +426,14 @@ def fuse_pointcloud(
             num_points,
             list(empty_fill),
         )
+        clouds[empty, :, :3] = torch.as_tensor(empty_fill, dtype=features.dtype, device=features.device)
+    rows = [b for b, count in enumerate(counts) if count > 0]
     sampler = resolve_fps_backend(backend, features.device)
     if sampler == "torch" and not voxel_size:
-        return _batched_torch_fps(features, valid, counts, num_points, generator, empty_fill).reshape(
-            *leading, num_points, width
-        )
-    clouds = []
-    for b, count in enumerate(counts):
-        if count == 0:
-            fill = torch.zeros(width, dtype=features.dtype, device=features.device)
-            fill[:3] = torch.as_tensor(empty_fill, dtype=features.dtype)
-            clouds.append(fill.expand(num_points, width))
-            continue
+        if rows:
+            clouds[rows] = _batched_torch_fps(features[rows], valid[rows], max(counts), num_points, generator)
+        return clouds.reshape(*leading, num_points, width)
+    for b in rows:
         cloud = features[b].index_select(1, valid[b].nonzero().squeeze(1)).T.contiguous()  # (n, C)
         if voxel_size:
             cloud = voxel_downsample(cloud, voxel_size)
@@ -447,5 +441,5 @@ def fuse_pointcloud(
             indices = _fpsample_indices(cloud, num_points, generator)
         else:
             indices = farthest_point_sample(cloud[:, :3], num_points, generator=generator, backend="torch")
-        clouds.append(cloud[indices.to(cloud.device)])
-    return torch.stack(clouds).reshape(*leading, num_points, width)
+        clouds[b] = cloud[indices.to(cloud.device)]
+    return clouds.reshape(*leading, num_points, width)

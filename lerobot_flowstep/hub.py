@@ -34,6 +34,7 @@ from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 from safetensors import safe_open
 
 from .constants import OBS_POINTCLOUD, is_camera_parameter_key, is_depth_key
+from .policies.imle_student.configuration_imle_student import check_teacher_compatibility
 
 TEMPLATE_DIR = "hub_cards"
 POLICY_TEMPLATES = {"flowstep_teacher": "teacher.md", "imle_student": "student.md"}
@@ -228,8 +229,6 @@ def check_published_teacher(
 
     Raises FileNotFoundError when the teacher cannot be read, ValueError when it does not fit.
     """
-    from .policies.imle_student.modeling_imle_student import check_teacher_compatibility
-
     try:
         teacher = PreTrainedConfig.from_pretrained(teacher_repo_id, local_files_only=local_files_only)
     except Exception as err:  # huggingface_hub raises a different class per cause (offline, 401, 404, cache miss)

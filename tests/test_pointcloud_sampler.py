@@ -45,15 +45,7 @@ def real_frames():
     """Observations of three frames of a real RLBench demo, as the step receives them (batch of one)."""
     _, episodes = discover_episodes(shared_path(*REAL_TASK))
     arrays = read_episode(episodes[0], CAMERAS)
-    frames = []
-    for t in (0, arrays.num_frames // 2, arrays.num_frames - 1):
-        observation = {}
-        for cam in CAMERAS:
-            observation[depth_key(cam)] = torch.from_numpy(arrays.depth[cam][t][None, None]).float()
-            observation[intrinsics_key(cam)] = torch.from_numpy(arrays.intrinsics[cam][t][None]).float()
-            observation[extrinsics_key(cam)] = torch.from_numpy(arrays.extrinsics[cam][t][None]).float()
-        frames.append(observation)
-    return frames
+    return [arrays.observation(t, CAMERAS) for t in (0, arrays.num_frames // 2, arrays.num_frames - 1)]
 
 
 def _cropped_cloud(observation) -> torch.Tensor:

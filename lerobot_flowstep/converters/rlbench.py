@@ -538,6 +538,18 @@ class EpisodeArrays:
             ]
         )
 
+    def observation(self, t: int, cameras: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Frame t as `lerobot-eval` hands it to the policy's preprocessor (a batch of one, float32, RGB in
+        [0, 1] channels first): state, and RGB, depth and camera parameters of `cameras`."""
+        state = proprio_state(self.joint_positions[t], self.gripper_open[t], self.gripper_pose[t])
+        frame = {OBS_STATE: torch.from_numpy(np.asarray(state)[None]).float()}
+        for cam in cameras:
+            frame[rgb_key(cam)] = torch.from_numpy(self.rgb[cam][t]).permute(2, 0, 1)[None].float() / 255.0
+            frame[depth_key(cam)] = torch.from_numpy(self.depth[cam][t][None, None]).float()
+            frame[intrinsics_key(cam)] = torch.from_numpy(self.intrinsics[cam][t][None]).float()
+            frame[extrinsics_key(cam)] = torch.from_numpy(self.extrinsics[cam][t][None]).float()
+        return frame
+
     def action_targets(self, mode: str) -> np.ndarray:
         """(T, 8) float32: what an action aiming at each raw frame's state commands."""
         gripper = self.gripper_open[:, None]

@@ -9,29 +9,7 @@ from ...networks import make_chunk_network
 from ...teacher_cache import TeacherCache
 from ..flowstep_teacher.modeling_flowstep_teacher import FlowstepTeacherPolicy
 from ..policy_base import FlowstepBasePolicy
-from .configuration_imle_student import ImleStudentConfig, load_teacher_config
-
-
-def check_teacher_compatibility(student: ImleStudentConfig, teacher) -> None:
-    """Fail at start-up, naming both sides, when the teacher's samples could not be the student's targets."""
-    problems = []
-    if teacher.action_feature is not None and student.action_feature is not None:
-        if tuple(teacher.action_feature.shape) != tuple(student.action_feature.shape):
-            problems.append(
-                f"action shape: teacher {tuple(teacher.action_feature.shape)} vs student/dataset "
-                f"{tuple(student.action_feature.shape)}"
-            )
-    for name in ("horizon", "n_obs_steps"):
-        if getattr(teacher, name) != getattr(student, name):
-            problems.append(f"{name}: teacher {getattr(teacher, name)} vs student {getattr(student, name)}")
-    teacher_inputs = {k: tuple(v.shape) for k, v in teacher.input_features.items()}
-    student_inputs = {k: tuple(v.shape) for k, v in student.input_features.items()}
-    if teacher_inputs != student_inputs:
-        problems.append(f"input features: teacher {teacher_inputs} vs student/dataset {student_inputs}")
-    if problems:
-        raise ValueError(
-            f"The teacher '{student.teacher_path}' does not match this student:\n  " + "\n  ".join(problems)
-        )
+from .configuration_imle_student import ImleStudentConfig, check_teacher_compatibility, load_teacher_config
 
 
 def select_candidate(samples: Tensor, previous: Tensor | None, shift: int) -> Tensor:
