@@ -15,7 +15,7 @@ from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 from lerobot.policies.factory import make_policy, make_pre_post_processors
 
 from lerobot_flowstep.policies.imle_student.configuration_imle_student import ImleStudentConfig
-from lerobot_flowstep.training import load_samples
+from lerobot_flowstep.tools.training import load_samples
 
 
 def main() -> None:

@@ -39,22 +39,22 @@ from lerobot.policies.factory import get_policy_class, make_policy_config, make_
 from lerobot.utils.constants import ACTION, OBS_STATE
 
 from lerobot_flowstep.constants import depth_key, extrinsics_key, intrinsics_key, rgb_key
-from lerobot_flowstep.converters.rlbench import (
+from lerobot_flowstep.core.encoder import EncoderConfig
+from lerobot_flowstep.core.networks import NetworkConfig
+from lerobot_flowstep.policies.flowstep_teacher.configuration_flowstep_teacher import FlowstepTeacherConfig
+from lerobot_flowstep.policies.flowstep_teacher.modeling_flowstep_teacher import FlowstepTeacherPolicy
+from lerobot_flowstep.policies.imle_student.configuration_imle_student import ImleStudentConfig
+from lerobot_flowstep.policies.imle_student.modeling_imle_student import ImleStudentPolicy
+from lerobot_flowstep.processor.pointcloud import PointCloudConfig
+from lerobot_flowstep.rlbench.converter import (
     DEFAULT_BOUNDS_HIGH,
     DEFAULT_BOUNDS_LOW,
     STATE_NAMES,
     discover_episodes,
     read_episode,
 )
-from lerobot_flowstep.encoder import EncoderConfig
-from lerobot_flowstep.envs.rlbench import RLBenchEnv
-from lerobot_flowstep.latency import LatencyStats, measure_latency
-from lerobot_flowstep.networks import NetworkConfig
-from lerobot_flowstep.policies.flowstep_teacher.configuration_flowstep_teacher import FlowstepTeacherConfig
-from lerobot_flowstep.policies.flowstep_teacher.modeling_flowstep_teacher import FlowstepTeacherPolicy
-from lerobot_flowstep.policies.imle_student.configuration_imle_student import ImleStudentConfig
-from lerobot_flowstep.policies.imle_student.modeling_imle_student import ImleStudentPolicy
-from lerobot_flowstep.processor.pointcloud import PointCloudConfig
+from lerobot_flowstep.rlbench.env import RLBenchEnv
+from lerobot_flowstep.tools.latency import LatencyStats, measure_latency
 
 UNET_DIMS = (128, 256, 512)
 RLBENCH_CAMERAS = ("front", "left_shoulder", "right_shoulder", "wrist")

@@ -23,13 +23,7 @@ import torch
 from tqdm import tqdm
 
 from lerobot_flowstep.constants import OBS_POINTCLOUD, depth_key, extrinsics_key, intrinsics_key
-from lerobot_flowstep.converters.rlbench import (
-    DEFAULT_BOUNDS_HIGH,
-    DEFAULT_BOUNDS_LOW,
-    discover_episodes,
-    read_episode,
-)
-from lerobot_flowstep.geometry import (
+from lerobot_flowstep.core.geometry import (
     coverage_radius,
     depth_to_world_points,
     farthest_point_sample,
@@ -37,6 +31,12 @@ from lerobot_flowstep.geometry import (
     voxel_downsample,
 )
 from lerobot_flowstep.processor.pointcloud import PointCloudProcessorStep
+from lerobot_flowstep.rlbench.converter import (
+    DEFAULT_BOUNDS_HIGH,
+    DEFAULT_BOUNDS_LOW,
+    discover_episodes,
+    read_episode,
+)
 
 CAMERAS = ("front", "left_shoulder", "right_shoulder", "wrist")
 TASK = Path(__file__).resolve().parents[2] / "shared/data/rlbench/reach_target"

@@ -4,7 +4,7 @@
    (`observation.state` = agent xy, `observation.environment_state` = the 8 block corners);
 2. training from `configs/pusht/{teacher,student,diffusion}.json` (the same files `lerobot-train
    --config_path=...` takes), with their steps and batch sizes, from samples read once through
-   `LeRobotDataset` (`lerobot_flowstep.training`); the student is distilled from the teacher's cached
+   `LeRobotDataset` (`lerobot_flowstep.tools.training`); the student is distilled from the teacher's cached
    samples. A second teacher is trained at the diffusion policy's budget, for the equal-budget comparison;
 3. every evaluation is a `lerobot-eval --env.type=pusht` run on the same seeded episodes: success rate
    (Wilson 95 % interval) and mean max reward (gym-pusht's reward is coverage / 0.95 capped at 1; normal
@@ -40,14 +40,14 @@ from lerobot.envs.factory import make_env
 from lerobot.envs.utils import preprocess_observation
 from safetensors.torch import load_file, save_file
 
-from lerobot_flowstep.converters.zarr import convert_zarr
-from lerobot_flowstep.demo import load_checkpoint
-from lerobot_flowstep.latency import chunk_latency, replan_period
-from lerobot_flowstep.lerobot_commands import eval_args, lerobot_eval
-from lerobot_flowstep.plots import plot_benchmark
-from lerobot_flowstep.statistics import mean_interval, wilson_interval
-from lerobot_flowstep.teacher_cache import cache_from_samples
-from lerobot_flowstep.training import delta_timestamps, load_samples, train_policy_on_dataset
+from lerobot_flowstep.datasets.zarr import convert_zarr
+from lerobot_flowstep.policies.imle_student.teacher_cache import cache_from_samples
+from lerobot_flowstep.tools.demo import load_checkpoint
+from lerobot_flowstep.tools.latency import chunk_latency, replan_period
+from lerobot_flowstep.tools.lerobot_commands import eval_args, lerobot_eval
+from lerobot_flowstep.tools.plots import plot_benchmark
+from lerobot_flowstep.tools.statistics import mean_interval, wilson_interval
+from lerobot_flowstep.tools.training import delta_timestamps, load_samples, train_policy_on_dataset
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "pusht"
 OBS_TYPE = "environment_state_agent_pos"

@@ -5,6 +5,6 @@ Importing this package registers the policy configs (`flowstep_teacher`), the po
 LeRobot.
 """
 
-from . import envs, policies, processor  # noqa: F401  (imported for their registrations)
+from lerobot_flowstep import envs, policies, processor, rlbench  # noqa: F401  (imported for their registrations)
 
 __version__ = "0.1.0"

@@ -6,14 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from .converters.rlbench_cli import add_convert_rlbench_parser
-from .converters.zarr_cli import add_convert_zarr_parser
-from .flow_matching import SOLVERS
-from .hub_cli import add_hub_parsers
+from lerobot_flowstep.core.flow_matching import SOLVERS
+from lerobot_flowstep.datasets.zarr_cli import add_convert_zarr_parser
+from lerobot_flowstep.hub.cli import add_hub_parsers
+from lerobot_flowstep.rlbench.cli import add_convert_rlbench_parser
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from .datasets.obstacle_dataset import generate_obstacle_dataset
+    from lerobot_flowstep.datasets.obstacle_dataset import generate_obstacle_dataset
 
     root = generate_obstacle_dataset(
         Path(args.output),
@@ -29,7 +29,7 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from .demo import DemoSettings, run_demo
+    from lerobot_flowstep.tools.demo import DemoSettings, run_demo
 
     run_demo(
         DemoSettings(
@@ -47,7 +47,7 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _cache_teacher(args: argparse.Namespace) -> None:
-    from .teacher_cache import build_teacher_cache
+    from lerobot_flowstep.policies.imle_student.teacher_cache import build_teacher_cache
 
     path = build_teacher_cache(
         args.teacher_path,
@@ -67,7 +67,7 @@ def _cache_teacher(args: argparse.Namespace) -> None:
 def _diagnose(args: argparse.Namespace) -> None:
     import json
 
-    from .diagnostics import held_out_chamfer, rollout_mode_report
+    from lerobot_flowstep.tools.diagnostics import held_out_chamfer, rollout_mode_report
 
     report: dict = {}
     if args.dataset_repo_id:
@@ -77,7 +77,7 @@ def _diagnose(args: argparse.Namespace) -> None:
             args.num_frames, args.num_samples, args.teacher_num_steps, args.teacher_solver, args.seed,
         )  # fmt: skip
     if args.rollouts:
-        from .demo import load_checkpoint
+        from lerobot_flowstep.tools.demo import load_checkpoint
 
         policy, pre, post = load_checkpoint(Path(args.policy_path))
         stats, _ = rollout_mode_report(policy, pre, post, args.num_modes, args.rollouts, args.seed + 100_000)

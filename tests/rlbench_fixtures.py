@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from lerobot_flowstep.converters.rlbench import DEPTH_SCALE, RLBENCH_CAMERAS
-from lerobot_flowstep.envs.rlbench import HOME_POSE, FakeRLBenchScene
+from lerobot_flowstep.rlbench.converter import DEPTH_SCALE, RLBENCH_CAMERAS
+from lerobot_flowstep.rlbench.env import HOME_POSE, FakeRLBenchScene
 
 
 class Observation:

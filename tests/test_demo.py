@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from lerobot_flowstep.demo import DemoSettings, run_demo
-from lerobot_flowstep.networks import NetworkConfig
+from lerobot_flowstep.core.networks import NetworkConfig
+from lerobot_flowstep.tools.demo import DemoSettings, run_demo
 
 
 @pytest.mark.slow

@@ -2,12 +2,12 @@
 
 import pytest
 
+from lerobot_flowstep.core.networks import NetworkConfig
 from lerobot_flowstep.datasets.obstacle_dataset import generate_obstacle_dataset
-from lerobot_flowstep.diagnostics import held_out_chamfer, mode_statistics
-from lerobot_flowstep.networks import NetworkConfig
 from lerobot_flowstep.policies.flowstep_teacher.configuration_flowstep_teacher import FlowstepTeacherConfig
 from lerobot_flowstep.policies.imle_student.configuration_imle_student import ImleStudentConfig
-from lerobot_flowstep.training import train_policy_on_dataset
+from lerobot_flowstep.tools.diagnostics import held_out_chamfer, mode_statistics
+from lerobot_flowstep.tools.training import train_policy_on_dataset
 
 REPO_ID = "local/flowstep_obstacle_diag"
 

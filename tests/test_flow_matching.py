@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from lerobot_flowstep.flow_matching import cfm_loss, integrate, interpolate, sample_time, target_velocity
+from lerobot_flowstep.core.flow_matching import cfm_loss, integrate, interpolate, sample_time, target_velocity
 
 
 def test_interpolation_endpoints_and_velocity():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from lerobot_flowstep.geometry import (
+from lerobot_flowstep.core.geometry import (
     camera_rays,
     depth_to_world_points,
     farthest_point_sample,

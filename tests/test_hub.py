@@ -22,17 +22,17 @@ from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 from lerobot.policies.factory import make_pre_post_processors
 from safetensors import safe_open
 
-from lerobot_flowstep import hub
 from lerobot_flowstep.cli import main
+from lerobot_flowstep.core.encoder import EncoderConfig
+from lerobot_flowstep.core.networks import NetworkConfig
 from lerobot_flowstep.datasets.obstacle_dataset import generate_obstacle_dataset
-from lerobot_flowstep.encoder import EncoderConfig
-from lerobot_flowstep.lerobot_commands import eval_args, lerobot_eval
-from lerobot_flowstep.networks import NetworkConfig
+from lerobot_flowstep.hub import publish as hub
 from lerobot_flowstep.policies.flowstep_teacher.configuration_flowstep_teacher import FlowstepTeacherConfig
 from lerobot_flowstep.policies.flowstep_teacher.modeling_flowstep_teacher import FlowstepTeacherPolicy
 from lerobot_flowstep.policies.imle_student.configuration_imle_student import ImleStudentConfig
 from lerobot_flowstep.policies.imle_student.modeling_imle_student import ImleStudentPolicy
-from lerobot_flowstep.training import load_samples, train_policy_on_dataset
+from lerobot_flowstep.tools.lerobot_commands import eval_args, lerobot_eval
+from lerobot_flowstep.tools.training import load_samples, train_policy_on_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_REPO_ID = "local/flowstep_obstacle_hub"

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lerobot_flowstep.imle import chamfer_loss, chamfer_terms, imle_chamfer_objective, trajectory_distances
+from lerobot_flowstep.core.imle import chamfer_loss, chamfer_terms, imle_chamfer_objective, trajectory_distances
 
 
 def _reference_chamfer(targets, samples, mask, w_cov, w_fid):

@@ -11,6 +11,7 @@ from lerobot.envs.factory import make_env
 from lerobot.envs.utils import env_to_policy_features, preprocess_observation
 
 from lerobot_flowstep.constants import depth_key, extrinsics_key, intrinsics_key, rgb_key
+from lerobot_flowstep.core.geometry import depth_to_world_points, project_points
 from lerobot_flowstep.envs import OBSTACLE_REACH_ID, ObstacleEnvConfig
 from lerobot_flowstep.envs.expert import (
     ScriptedExpert,
@@ -31,7 +32,6 @@ from lerobot_flowstep.envs.obstacle import (
     ObstacleRenderer,
     segment_circle_contact,
 )
-from lerobot_flowstep.geometry import depth_to_world_points, project_points
 
 MODES = [2, 4]
 

@@ -14,15 +14,9 @@ import pytest
 import torch
 from conftest import shared_path
 
-from lerobot_flowstep import geometry
 from lerobot_flowstep.constants import OBS_POINTCLOUD, depth_key, extrinsics_key, intrinsics_key
-from lerobot_flowstep.converters.rlbench import (
-    DEFAULT_BOUNDS_HIGH,
-    DEFAULT_BOUNDS_LOW,
-    discover_episodes,
-    read_episode,
-)
-from lerobot_flowstep.geometry import (
+from lerobot_flowstep.core import geometry
+from lerobot_flowstep.core.geometry import (
     PixelRayCache,
     camera_rays,
     coverage_radius,
@@ -33,6 +27,12 @@ from lerobot_flowstep.geometry import (
 )
 from lerobot_flowstep.processor import pointcloud as pointcloud_module
 from lerobot_flowstep.processor.pointcloud import PointCloudProcessorStep
+from lerobot_flowstep.rlbench.converter import (
+    DEFAULT_BOUNDS_HIGH,
+    DEFAULT_BOUNDS_LOW,
+    discover_episodes,
+    read_episode,
+)
 
 CAMERAS = ["front", "left_shoulder", "right_shoulder", "wrist"]
 REAL_TASK = ("data", "rlbench", "reach_target")

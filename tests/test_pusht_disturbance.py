@@ -12,7 +12,7 @@ import gymnasium as gym  # noqa: E402
 from lerobot.envs.configs import PushtEnv  # noqa: E402
 from lerobot.envs.factory import make_env  # noqa: E402
 
-from lerobot_flowstep.converters.zarr import pusht_environment_state  # noqa: E402
+from lerobot_flowstep.datasets.zarr import pusht_environment_state  # noqa: E402
 from lerobot_flowstep.envs import PUSHT_DISTURBED_ID, PushtDisturbedEnv  # noqa: E402
 from lerobot_flowstep.envs.pusht_disturbance import MIN_AGENT_DISTANCE  # noqa: E402
 

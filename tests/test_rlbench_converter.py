@@ -23,8 +23,11 @@ from PIL import Image
 from rlbench_fixtures import Demo, Observation, encode_depth, rlbench_modules, write_episode, write_pickle, write_task
 
 from lerobot_flowstep.constants import OBS_POINTCLOUD, depth_key, extrinsics_key, intrinsics_key, rgb_key
-from lerobot_flowstep.converters import rlbench as rlb
-from lerobot_flowstep.converters.rlbench import (
+from lerobot_flowstep.core.geometry import depth_to_world_points, flip_negative_focal
+from lerobot_flowstep.processor.pointcloud import PointCloudProcessorStep
+from lerobot_flowstep.rlbench import converter as rlb
+from lerobot_flowstep.rlbench.cli import add_convert_rlbench_parser
+from lerobot_flowstep.rlbench.converter import (
     RLBenchDataError,
     check_rlbench_geometry,
     convert_rlbench,
@@ -33,10 +36,7 @@ from lerobot_flowstep.converters.rlbench import (
     load_observations,
     rlbench_pointcloud_config,
 )
-from lerobot_flowstep.converters.rlbench_cli import add_convert_rlbench_parser
-from lerobot_flowstep.geometry import depth_to_world_points, flip_negative_focal
-from lerobot_flowstep.lerobot_commands import last_checkpoint, lerobot_train, offline_env, train_args
-from lerobot_flowstep.processor.pointcloud import PointCloudProcessorStep
+from lerobot_flowstep.tools.lerobot_commands import last_checkpoint, lerobot_train, offline_env, train_args
 
 REPO_ID = "local/rlbench_test"
 REAL_TASK = ("data", "rlbench", "reach_target")

@@ -19,14 +19,16 @@ from lerobot.envs.utils import env_to_policy_features, preprocess_observation
 from lerobot.policies.factory import make_pre_post_processors
 from lerobot.utils.feature_utils import dataset_to_policy_features
 
-from lerobot_flowstep.converters.rlbench import (
+from lerobot_flowstep.policies.flowstep_teacher.configuration_flowstep_teacher import FlowstepTeacherConfig
+from lerobot_flowstep.policies.flowstep_teacher.modeling_flowstep_teacher import FlowstepTeacherPolicy
+from lerobot_flowstep.rlbench.converter import (
     DEFAULT_BOUNDS_HIGH,
     DEFAULT_BOUNDS_LOW,
     decode_depth,
     opencv_camera,
     rlbench_dataset_features,
 )
-from lerobot_flowstep.envs.rlbench import (
+from lerobot_flowstep.rlbench.env import (
     HOME_POSE,
     RLBENCH_GYM_ID,
     FakeRLBenchBackend,
@@ -34,9 +36,7 @@ from lerobot_flowstep.envs.rlbench import (
     RLBenchEnvConfig,
     RLBenchUnavailableError,
 )
-from lerobot_flowstep.lerobot_commands import offline_env
-from lerobot_flowstep.policies.flowstep_teacher.configuration_flowstep_teacher import FlowstepTeacherConfig
-from lerobot_flowstep.policies.flowstep_teacher.modeling_flowstep_teacher import FlowstepTeacherPolicy
+from lerobot_flowstep.tools.lerobot_commands import offline_env
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "rlbench"
 TASKS = [
@@ -73,7 +73,7 @@ def test_env_type_is_registered_and_matches_the_converted_dataset() -> None:
 
 
 def _pointcloud_options(cameras):
-    from lerobot_flowstep.converters.rlbench import rlbench_pointcloud_config
+    from lerobot_flowstep.rlbench.converter import rlbench_pointcloud_config
 
     return rlbench_pointcloud_config(cameras=cameras)
 

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from lerobot_flowstep.latency import replan_period
-from lerobot_flowstep.statistics import mean_interval, wilson_interval
+from lerobot_flowstep.tools.latency import replan_period
+from lerobot_flowstep.tools.statistics import mean_interval, wilson_interval
 
 
 @pytest.mark.parametrize(("successes", "n"), [(0, 100), (3, 100), (50, 100), (99, 100), (7, 20)])

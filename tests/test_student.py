@@ -11,7 +11,7 @@ from lerobot_flowstep.policies.flowstep_teacher.configuration_flowstep_teacher i
 from lerobot_flowstep.policies.flowstep_teacher.modeling_flowstep_teacher import FlowstepTeacherPolicy
 from lerobot_flowstep.policies.imle_student.configuration_imle_student import ImleStudentConfig
 from lerobot_flowstep.policies.imle_student.modeling_imle_student import ImleStudentPolicy
-from lerobot_flowstep.teacher_cache import TeacherCache, sample_teacher, write_teacher_cache
+from lerobot_flowstep.policies.imle_student.teacher_cache import TeacherCache, sample_teacher, write_teacher_cache
 
 FEATURES = {
     "observation.state": PolicyFeature(FeatureType.STATE, (2,)),

@@ -12,7 +12,7 @@ import zarr
 from conftest import shared_path
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-from lerobot_flowstep.converters.zarr import (
+from lerobot_flowstep.datasets.zarr import (
     MAPPING_PRESETS,
     PUSHT_TASK,
     ArrayMapping,
@@ -20,7 +20,7 @@ from lerobot_flowstep.converters.zarr import (
     convert_zarr,
     pusht_environment_state,
 )
-from lerobot_flowstep.converters.zarr_cli import add_convert_zarr_parser
+from lerobot_flowstep.datasets.zarr_cli import add_convert_zarr_parser
 
 REPO_ID = "local/zarr_test"
 PUSHT_ENDS = np.array([5, 12, 20])

@@ -2,16 +2,15 @@
 
 Importing this package registers the gym ids `flowstep/ObstacleReach-v0` and `flowstep/PushTDisturbed-v0`
 and the LeRobot env types `flowstep_obstacle` (`ObstacleEnvConfig`), `flowstep_pusht_disturbed`
-(`PushtDisturbedEnv`) and `rlbench`.
+(`PushtDisturbedEnv`); the `rlbench` env type lives in `lerobot_flowstep.rlbench`.
 """
 
 from gymnasium.envs.registration import register, registry
 
-from .configs import ObstacleEnvConfig
-from .expert import ScriptedExpert, classify_trajectory, plan_path
-from .obstacle import ObstacleLayout, ObstacleReachEnv, ObstacleRenderer
-from .pusht_disturbance import BlockDisturbance, PushtDisturbedEnv
-from .rlbench import RLBenchEnvConfig  # noqa: F401  (registers the `rlbench` env type and its gym id)
+from lerobot_flowstep.envs.configs import ObstacleEnvConfig
+from lerobot_flowstep.envs.expert import ScriptedExpert, classify_trajectory, plan_path
+from lerobot_flowstep.envs.obstacle import ObstacleLayout, ObstacleReachEnv, ObstacleRenderer
+from lerobot_flowstep.envs.pusht_disturbance import BlockDisturbance, PushtDisturbedEnv
 
 OBSTACLE_REACH_ID = "flowstep/ObstacleReach-v0"
 PUSHT_DISTURBED_ID = "flowstep/PushTDisturbed-v0"

@@ -9,8 +9,7 @@ from lerobot.envs.configs import EnvConfig
 from lerobot.utils.constants import ACTION, OBS_ENV_STATE, OBS_IMAGES, OBS_STATE
 
 from lerobot_flowstep.constants import depth_key, extrinsics_key, intrinsics_key
-
-from .obstacle import CAMERA_NAME, ObstacleLayout
+from lerobot_flowstep.envs.obstacle import CAMERA_NAME, ObstacleLayout
 
 
 def add_camera_features(

@@ -14,7 +14,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from .obstacle import ObstacleLayout
+from lerobot_flowstep.envs.obstacle import ObstacleLayout
 
 OFF_MANIFOLD = -1
 

@@ -8,7 +8,7 @@ whose mean (the straight line) collides. A policy that averages modes therefore 
 Observations (gymnasium Dict space):
 - `agent_pos` (2,) float32: agent centre (x, y).
 - `environment_state` (2 + 2K,) float32: goal (x, y) followed by the K obstacle centres.
-- with `camera=True`, a tilted pinhole camera `top` (OpenCV convention, see `lerobot_flowstep.geometry`):
+- with `camera=True`, a tilted pinhole camera `top` (OpenCV convention, see `lerobot_flowstep.core.geometry`):
   `pixels` = {"top": (H, W, 3) uint8}, `depth.top` (1, H, W) float32 metres (camera-frame z),
   `camera.top.intrinsics` (3, 3) float32, `camera.top.extrinsics` (4, 4) float32 camera-to-world.
   LeRobot's `preprocess_observation` turns these into `observation.images.top`, `observation.depth.top`,
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from lerobot_flowstep.geometry import camera_rays
+from lerobot_flowstep.core.geometry import camera_rays
 
 CAMERA_NAME = "top"
 TASK_NAME = "obstacle_reach"

@@ -23,7 +23,7 @@ import gymnasium as gym
 import numpy as np
 from lerobot.envs.configs import EnvConfig, PushtEnv
 
-from .configs import FlowstepGymIds
+from lerobot_flowstep.envs.configs import FlowstepGymIds
 
 # gym-pusht's reset draws the block centre from [100, 400)^2 and its angle from U(-pi, pi).
 BLOCK_POSITION_RANGE = (100, 400)

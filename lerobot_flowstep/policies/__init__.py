@@ -1,4 +1,4 @@
-from .flowstep_teacher import FlowstepTeacherConfig
-from .imle_student import ImleStudentConfig
+from lerobot_flowstep.policies.flowstep_teacher import FlowstepTeacherConfig
+from lerobot_flowstep.policies.imle_student import ImleStudentConfig
 
 __all__ = ["FlowstepTeacherConfig", "ImleStudentConfig"]

@@ -1,3 +1,3 @@
-from .pointcloud import PointCloudConfig, PointCloudProcessorStep
+from lerobot_flowstep.processor.pointcloud import PointCloudConfig, PointCloudProcessorStep
 
 __all__ = ["PointCloudConfig", "PointCloudProcessorStep"]

@@ -21,8 +21,8 @@ from lerobot.configs import FeatureType, PipelineFeatureType, PolicyFeature
 from lerobot.processor import ObservationProcessorStep, ProcessorStepRegistry
 from torch import Tensor
 
-from ..constants import OBS_POINTCLOUD, depth_key, extrinsics_key, intrinsics_key, rgb_key
-from ..geometry import FPS_BACKENDS, PixelRayCache, check_camera_parameters, fuse_pointcloud
+from lerobot_flowstep.constants import OBS_POINTCLOUD, depth_key, extrinsics_key, intrinsics_key, rgb_key
+from lerobot_flowstep.core.geometry import FPS_BACKENDS, PixelRayCache, check_camera_parameters, fuse_pointcloud
 
 REGISTRY_NAME = "flowstep_pointcloud"
 

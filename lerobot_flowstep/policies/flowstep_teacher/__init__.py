@@ -1,3 +1,3 @@
-from .configuration_flowstep_teacher import FlowstepTeacherConfig
+from lerobot_flowstep.policies.flowstep_teacher.configuration_flowstep_teacher import FlowstepTeacherConfig
 
 __all__ = ["FlowstepTeacherConfig"]

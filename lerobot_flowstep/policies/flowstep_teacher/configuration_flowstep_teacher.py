@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from lerobot.configs import PreTrainedConfig
 
-from ...flow_matching import SOLVERS, TIME_SAMPLINGS
-from ..config_base import FlowstepBaseConfig
+from lerobot_flowstep.core.flow_matching import SOLVERS, TIME_SAMPLINGS
+from lerobot_flowstep.policies.common.config_base import FlowstepBaseConfig
 
 
 @PreTrainedConfig.register_subclass("flowstep_teacher")

@@ -3,10 +3,10 @@
 from lerobot.utils.constants import ACTION
 from torch import Tensor
 
-from ...flow_matching import cfm_loss, integrate, sample_time
-from ...networks import make_chunk_network
-from ..policy_base import FlowstepBasePolicy
-from .configuration_flowstep_teacher import FlowstepTeacherConfig
+from lerobot_flowstep.core.flow_matching import cfm_loss, integrate, sample_time
+from lerobot_flowstep.core.networks import make_chunk_network
+from lerobot_flowstep.policies.common.policy_base import FlowstepBasePolicy
+from lerobot_flowstep.policies.flowstep_teacher.configuration_flowstep_teacher import FlowstepTeacherConfig
 
 
 class FlowstepTeacherPolicy(FlowstepBasePolicy):

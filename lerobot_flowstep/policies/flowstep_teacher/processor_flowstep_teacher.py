@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
-from ..processors_common import make_flowstep_pre_post_processors as make_flowstep_teacher_pre_post_processors
+from lerobot_flowstep.policies.common.processor_base import (
+    make_flowstep_pre_post_processors as make_flowstep_teacher_pre_post_processors,
+)
 
 __all__ = ["make_flowstep_teacher_pre_post_processors"]

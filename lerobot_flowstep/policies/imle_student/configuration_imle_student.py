@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from lerobot.configs import PreTrainedConfig
 
-from ...flow_matching import SOLVERS
-from ..config_base import FlowstepBaseConfig
+from lerobot_flowstep.core.flow_matching import SOLVERS
+from lerobot_flowstep.policies.common.config_base import FlowstepBaseConfig
 
 OBJECTIVES = ("imle", "regression")
 # What the student copies from its teacher, so that both see the same observations, predict the same

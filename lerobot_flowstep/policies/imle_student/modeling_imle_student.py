@@ -4,12 +4,16 @@ import torch
 from lerobot.utils.constants import ACTION
 from torch import Tensor
 
-from ...imle import imle_chamfer_objective, trajectory_distances
-from ...networks import make_chunk_network
-from ...teacher_cache import TeacherCache
-from ..flowstep_teacher.modeling_flowstep_teacher import FlowstepTeacherPolicy
-from ..policy_base import FlowstepBasePolicy
-from .configuration_imle_student import ImleStudentConfig, check_teacher_compatibility, load_teacher_config
+from lerobot_flowstep.core.imle import imle_chamfer_objective, trajectory_distances
+from lerobot_flowstep.core.networks import make_chunk_network
+from lerobot_flowstep.policies.common.policy_base import FlowstepBasePolicy
+from lerobot_flowstep.policies.flowstep_teacher.modeling_flowstep_teacher import FlowstepTeacherPolicy
+from lerobot_flowstep.policies.imle_student.configuration_imle_student import (
+    ImleStudentConfig,
+    check_teacher_compatibility,
+    load_teacher_config,
+)
+from lerobot_flowstep.policies.imle_student.teacher_cache import TeacherCache
 
 
 def select_candidate(samples: Tensor, previous: Tensor | None, shift: int) -> Tensor:

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from lerobot.processor import NormalizerProcessorStep, PolicyAction, PolicyProcessorPipeline
 
-from ..processors_common import make_flowstep_pre_post_processors
-from .configuration_imle_student import ImleStudentConfig
+from lerobot_flowstep.policies.common.processor_base import make_flowstep_pre_post_processors
+from lerobot_flowstep.policies.imle_student.configuration_imle_student import ImleStudentConfig
 
 
 def teacher_normalization_stats(teacher_path: str) -> dict[str, dict[str, torch.Tensor]]:

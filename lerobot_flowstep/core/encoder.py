@@ -22,7 +22,7 @@ from lerobot.policies.diffusion.modeling_diffusion import SpatialSoftmax
 from lerobot.utils.constants import OBS_ENV_STATE, OBS_STATE
 from torch import Tensor, nn
 
-from .constants import OBS_POINTCLOUD, is_depth_key
+from lerobot_flowstep.constants import OBS_POINTCLOUD, is_depth_key
 
 VISION_BACKBONES = ("resnet18", "conv")
 

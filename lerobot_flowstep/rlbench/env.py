@@ -1,7 +1,7 @@
 """LeRobot env type `rlbench`: RLBench tasks for `lerobot-eval`, with the observations the converter writes.
 
 `lerobot-eval --env.type=rlbench --env.task=<task>` wraps RLBench's gymnasium env (`rlbench.gym.RLBenchEnv`)
-and returns, per step, what `lerobot_flowstep.converters.rlbench` stores per frame, with the same code:
+and returns, per step, what `lerobot_flowstep.rlbench.converter` stores per frame, with the same code:
 - `pixels/<cam>` (H, W, 3) uint8 -> `observation.images.<cam>`;
 - `agent_pos` (15,) -> `observation.state` (joints, gripper open, gripper position, canonical quaternion);
 - `depth.<cam>` (1, H, W) float32 metres -> `observation.depth.<cam>`;
@@ -48,7 +48,10 @@ from lerobot.envs.configs import EnvConfig
 from lerobot.utils.constants import ACTION, OBS_STATE
 
 from lerobot_flowstep.constants import OBS_POINTCLOUD
-from lerobot_flowstep.converters.rlbench import (
+from lerobot_flowstep.core.geometry import camera_rays
+from lerobot_flowstep.envs.configs import add_camera_features
+from lerobot_flowstep.envs.obstacle import look_at_extrinsics
+from lerobot_flowstep.rlbench.converter import (
     DEFAULT_BOUNDS_HIGH,
     DEFAULT_BOUNDS_LOW,
     FPS,
@@ -60,10 +63,6 @@ from lerobot_flowstep.converters.rlbench import (
     proprio_state,
     rlbench_pointcloud_config,
 )
-from lerobot_flowstep.geometry import camera_rays
-
-from .configs import add_camera_features
-from .obstacle import look_at_extrinsics
 
 RLBENCH_GYM_ID = "flowstep/RLBench-v0"
 BACKENDS = ("rlbench", "fake")
@@ -535,7 +534,7 @@ class RLBenchEnv(gym.Env):
 if RLBENCH_GYM_ID not in registry:
     register(
         id=RLBENCH_GYM_ID,
-        entry_point="lerobot_flowstep.envs.rlbench:RLBenchEnv",
+        entry_point="lerobot_flowstep.rlbench.env:RLBenchEnv",
         max_episode_steps=200,
         # gym.make(..., max_episode_steps=N) wraps the env in the TimeLimit that owns truncation.
     )

@@ -52,8 +52,8 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from lerobot_flowstep.constants import OBS_POINTCLOUD, depth_key, extrinsics_key, intrinsics_key, rgb_key
+from lerobot_flowstep.core.geometry import depth_to_world_points, flip_negative_focal, project_points
 from lerobot_flowstep.datasets.atomic import atomic_lerobot_dataset, check_destination
-from lerobot_flowstep.geometry import depth_to_world_points, flip_negative_focal, project_points
 from lerobot_flowstep.processor.pointcloud import PointCloudConfig
 
 RLBENCH_CAMERAS = ("front", "left_shoulder", "right_shoulder", "overhead", "wrist")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..processor.pointcloud import PointCloudConfig
-from .rlbench import (
+from lerobot_flowstep.processor.pointcloud import PointCloudConfig
+from lerobot_flowstep.rlbench.converter import (
     ACTION_MODES,
     DEFAULT_BOUNDS_HIGH,
     DEFAULT_BOUNDS_LOW,

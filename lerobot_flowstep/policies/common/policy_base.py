@@ -24,10 +24,10 @@ from lerobot.utils.constants import ACTION, POLICY_PREPROCESSOR_DEFAULT_NAME
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
-from ..encoder import UnifiedObservationEncoder
-from ..processor.pointcloud import REGISTRY_NAME as POINTCLOUD_REGISTRY_NAME
-from ..processor.pointcloud import PointCloudConfig
-from .config_base import FlowstepBaseConfig
+from lerobot_flowstep.core.encoder import UnifiedObservationEncoder
+from lerobot_flowstep.policies.common.config_base import FlowstepBaseConfig
+from lerobot_flowstep.processor.pointcloud import REGISTRY_NAME as POINTCLOUD_REGISTRY_NAME
+from lerobot_flowstep.processor.pointcloud import PointCloudConfig
 
 if TYPE_CHECKING:
     from huggingface_hub import ModelCard
@@ -222,7 +222,7 @@ class FlowstepBasePolicy(PreTrainedPolicy):
     ) -> ModelCard:
         """The card `lerobot-train --policy.push_to_hub=true` uploads: the plugin's template (hub_cards/), which
         describes the method, the teacher reference and the limitations, instead of LeRobot's generic one."""
-        from ..hub import render_policy_card  # only pushing needs the card code (and Jinja2)
+        from lerobot_flowstep.hub.publish import render_policy_card  # only pushing needs the card code (and Jinja2)
 
         return render_policy_card(
             self.config,

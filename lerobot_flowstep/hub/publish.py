@@ -33,8 +33,8 @@ from lerobot.configs import PreTrainedConfig
 from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 from safetensors import safe_open
 
-from .constants import OBS_POINTCLOUD, is_camera_parameter_key, is_depth_key
-from .policies.imle_student.configuration_imle_student import check_teacher_compatibility
+from lerobot_flowstep.constants import OBS_POINTCLOUD, is_camera_parameter_key, is_depth_key
+from lerobot_flowstep.policies.imle_student.configuration_imle_student import check_teacher_compatibility
 
 TEMPLATE_DIR = "hub_cards"
 POLICY_TEMPLATES = {"flowstep_teacher": "teacher.md", "imle_student": "student.md"}
@@ -76,7 +76,7 @@ def load_template(name: str) -> str:
     packaged = resources.files("lerobot_flowstep").joinpath(TEMPLATE_DIR, name)
     if packaged.is_file():
         return packaged.read_text(encoding="utf-8")
-    source = Path(__file__).resolve().parents[1] / TEMPLATE_DIR / name
+    source = Path(__file__).resolve().parents[2] / TEMPLATE_DIR / name
     if source.is_file():
         return source.read_text(encoding="utf-8")
     raise FileNotFoundError(f"Card template '{name}' is neither in the installed package nor at {source}.")
@@ -785,7 +785,7 @@ def _eval_env_args(config: PreTrainedConfig, robot_type: str | None) -> str:
     """`--env.*` arguments matching the training data, where the dataset says which env that is."""
     inputs = config.input_features
     if robot_type == "flowstep_obstacle":
-        from .envs.obstacle import ObstacleLayout
+        from lerobot_flowstep.envs.obstacle import ObstacleLayout
 
         args = ["--env.type=flowstep_obstacle"]
         env_state = inputs.get("observation.environment_state")

@@ -22,9 +22,9 @@ from lerobot.scripts.lerobot_eval import eval_policy
 from lerobot.utils.constants import OBS_STATE
 from torch import Tensor
 
-from .envs import ObstacleEnvConfig, ObstacleLayout, classify_trajectory
-from .imle import chamfer_terms
-from .policies.policy_base import FlowstepBasePolicy
+from lerobot_flowstep.core.imle import chamfer_terms
+from lerobot_flowstep.envs import ObstacleEnvConfig, ObstacleLayout, classify_trajectory
+from lerobot_flowstep.policies.common.policy_base import FlowstepBasePolicy
 
 
 @torch.no_grad()
@@ -152,7 +152,7 @@ def held_out_chamfer(
     from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
     from lerobot.policies.factory import get_policy_class, make_pre_post_processors
 
-    from .training import delta_timestamps
+    from lerobot_flowstep.tools.training import delta_timestamps
 
     teacher_cfg = PreTrainedConfig.from_pretrained(teacher_path)
     teacher_cfg.device = "cpu"

@@ -9,10 +9,10 @@ from lerobot.configs import FeatureType, NormalizationMode, PolicyFeature, PreTr
 from lerobot.optim import AdamWConfig, CosineDecayWithWarmupSchedulerConfig
 from lerobot.utils.constants import ACTION
 
-from ..constants import OBS_POINTCLOUD, depth_key, extrinsics_key, intrinsics_key, rgb_key
-from ..encoder import EncoderConfig, check_encoder_inputs
-from ..networks import NetworkConfig
-from ..processor.pointcloud import PointCloudConfig
+from lerobot_flowstep.constants import OBS_POINTCLOUD, depth_key, extrinsics_key, intrinsics_key, rgb_key
+from lerobot_flowstep.core.encoder import EncoderConfig, check_encoder_inputs
+from lerobot_flowstep.core.networks import NetworkConfig
+from lerobot_flowstep.processor.pointcloud import PointCloudConfig
 
 
 @dataclass

@@ -19,8 +19,8 @@ from lerobot.processor import (
 )
 from lerobot.processor.factory import make_policy_processor_pipelines
 
-from ..processor.pointcloud import PointCloudProcessorStep
-from .config_base import FlowstepBaseConfig
+from lerobot_flowstep.policies.common.config_base import FlowstepBaseConfig
+from lerobot_flowstep.processor.pointcloud import PointCloudProcessorStep
 
 
 def make_flowstep_pre_post_processors(

@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # headless: CI and robots have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .envs import ObstacleLayout, classify_trajectory  # noqa: E402
+from lerobot_flowstep.envs import ObstacleLayout, classify_trajectory  # noqa: E402
 
 
 def plot_trajectories(

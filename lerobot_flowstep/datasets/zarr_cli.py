@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .zarr import MAPPING_PRESETS, convert_zarr
+from lerobot_flowstep.datasets.zarr import MAPPING_PRESETS, convert_zarr
 
 _EPILOG = (
     "mapping presets:\n"

@@ -26,16 +26,16 @@ from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 from lerobot.policies.factory import get_policy_class, make_pre_post_processors
 from tqdm import trange
 
-from .datasets.obstacle_dataset import generate_obstacle_dataset
-from .diagnostics import rollout_mode_report
-from .envs import OBSTACLE_REACH_ID, ObstacleLayout
-from .latency import chunk_latency, measure_latency
-from .networks import NetworkConfig
-from .plots import plot_trajectories
-from .policies.flowstep_teacher.configuration_flowstep_teacher import FlowstepTeacherConfig
-from .policies.imle_student.configuration_imle_student import ImleStudentConfig
-from .teacher_cache import cache_from_samples
-from .training import load_samples, train_policy_on_dataset
+from lerobot_flowstep.core.networks import NetworkConfig
+from lerobot_flowstep.datasets.obstacle_dataset import generate_obstacle_dataset
+from lerobot_flowstep.envs import OBSTACLE_REACH_ID, ObstacleLayout
+from lerobot_flowstep.policies.flowstep_teacher.configuration_flowstep_teacher import FlowstepTeacherConfig
+from lerobot_flowstep.policies.imle_student.configuration_imle_student import ImleStudentConfig
+from lerobot_flowstep.policies.imle_student.teacher_cache import cache_from_samples
+from lerobot_flowstep.tools.diagnostics import rollout_mode_report
+from lerobot_flowstep.tools.latency import chunk_latency, measure_latency
+from lerobot_flowstep.tools.plots import plot_trajectories
+from lerobot_flowstep.tools.training import load_samples, train_policy_on_dataset
 
 DATASET_REPO_ID = "local/flowstep_obstacle"
 

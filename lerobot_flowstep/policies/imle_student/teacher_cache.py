@@ -22,8 +22,8 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm import tqdm
 
-from .policies.flowstep_teacher.modeling_flowstep_teacher import FlowstepTeacherPolicy
-from .training import delta_timestamps
+from lerobot_flowstep.policies.flowstep_teacher.modeling_flowstep_teacher import FlowstepTeacherPolicy
+from lerobot_flowstep.tools.training import delta_timestamps
 
 
 class TeacherCache:
