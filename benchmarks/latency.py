@@ -39,20 +39,15 @@ from lerobot.policies.factory import get_policy_class, make_policy_config, make_
 from lerobot.utils.constants import ACTION, OBS_STATE
 
 from lerobot_flowstep.constants import depth_key, extrinsics_key, intrinsics_key, rgb_key
-from lerobot_flowstep.core.encoder import EncoderConfig
-from lerobot_flowstep.core.networks import NetworkConfig
+from lerobot_flowstep.core.configuration_encoder import EncoderConfig
+from lerobot_flowstep.core.configuration_network import NetworkConfig
 from lerobot_flowstep.policies.flowstep_teacher.configuration_flowstep_teacher import FlowstepTeacherConfig
 from lerobot_flowstep.policies.flowstep_teacher.modeling_flowstep_teacher import FlowstepTeacherPolicy
 from lerobot_flowstep.policies.imle_student.configuration_imle_student import ImleStudentConfig
 from lerobot_flowstep.policies.imle_student.modeling_imle_student import ImleStudentPolicy
 from lerobot_flowstep.processor.pointcloud import PointCloudConfig
-from lerobot_flowstep.rlbench.converter import (
-    DEFAULT_BOUNDS_HIGH,
-    DEFAULT_BOUNDS_LOW,
-    STATE_NAMES,
-    discover_episodes,
-    read_episode,
-)
+from lerobot_flowstep.rlbench.conventions import DEFAULT_BOUNDS_HIGH, DEFAULT_BOUNDS_LOW, STATE_NAMES
+from lerobot_flowstep.rlbench.demo_files import discover_episodes, read_episode
 from lerobot_flowstep.rlbench.env import RLBenchEnv
 from lerobot_flowstep.tools.latency import LatencyStats, measure_latency
 
@@ -89,12 +84,10 @@ def flowstep_pair(network: NetworkConfig, device: str, teacher_path: str | None,
     if student_path:
         student = ImleStudentPolicy.from_pretrained(student_path)
     else:
+        # No teacher is needed to time inference: the student asks for one only when distillation starts.
         student = ImleStudentPolicy(
-            ImleStudentConfig(
-                device=device, objective="regression", input_features=inputs, output_features=outputs, network=network
-            )
+            ImleStudentConfig(device=device, input_features=inputs, output_features=outputs, network=network)
         )
-        student.config.objective = "imle"  # regression only skipped the teacher; time the stochastic path
     return teacher.to(device).eval(), student.to(device).eval()
 
 
@@ -227,15 +220,10 @@ def rlbench_policy(policy_type: str, device: str, **kwargs):
                 "bounds_high": list(DEFAULT_BOUNDS_HIGH),
             },
         )
-    if policy_type == "imle_student":
-        # No teacher is needed to time inference; the regression objective skips the teacher check.
-        kwargs["objective"] = "regression"
     if isinstance(kwargs.get("pointcloud"), dict):
         kwargs["pointcloud"] = PointCloudConfig(**kwargs["pointcloud"])
     config = make_policy_config(policy_type, device=device, input_features=inputs, output_features=outputs, **kwargs)
     policy = get_policy_class(policy_type)(config)
-    if policy_type == "imle_student":
-        policy.config.objective = "imle"  # time the stochastic path
     policy = policy.to(device).eval()
     pre, post = make_pre_post_processors(config, dataset_stats=rlbench_stats())
     return policy, pre, post

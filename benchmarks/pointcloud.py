@@ -31,12 +31,8 @@ from lerobot_flowstep.core.geometry import (
     voxel_downsample,
 )
 from lerobot_flowstep.processor.pointcloud import PointCloudProcessorStep
-from lerobot_flowstep.rlbench.converter import (
-    DEFAULT_BOUNDS_HIGH,
-    DEFAULT_BOUNDS_LOW,
-    discover_episodes,
-    read_episode,
-)
+from lerobot_flowstep.rlbench.conventions import DEFAULT_BOUNDS_HIGH, DEFAULT_BOUNDS_LOW
+from lerobot_flowstep.rlbench.demo_files import discover_episodes, read_episode
 
 CAMERAS = ("front", "left_shoulder", "right_shoulder", "wrist")
 TASK = Path(__file__).resolve().parents[2] / "shared/data/rlbench/reach_target"

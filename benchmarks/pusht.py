@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from lerobot.configs import PreTrainedConfig
 from lerobot.configs.train import TrainPipelineConfig
+from lerobot.datasets.factory import resolve_delta_timestamps
 from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 from lerobot.envs.configs import PushtEnv
 from lerobot.envs.factory import make_env
@@ -41,13 +42,13 @@ from lerobot.envs.utils import preprocess_observation
 from safetensors.torch import load_file, save_file
 
 from lerobot_flowstep.datasets.zarr import convert_zarr
-from lerobot_flowstep.policies.imle_student.teacher_cache import cache_from_samples
-from lerobot_flowstep.tools.demo import load_checkpoint
+from lerobot_flowstep.tools.cache_teacher import cache_from_samples
+from lerobot_flowstep.tools.checkpoints import load_checkpoint
 from lerobot_flowstep.tools.latency import chunk_latency, replan_period
 from lerobot_flowstep.tools.lerobot_commands import eval_args, lerobot_eval
 from lerobot_flowstep.tools.plots import plot_benchmark
 from lerobot_flowstep.tools.statistics import mean_interval, wilson_interval
-from lerobot_flowstep.tools.training import delta_timestamps, load_samples, train_policy_on_dataset
+from lerobot_flowstep.tools.training import load_samples, train_policy_on_dataset
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "pusht"
 OBS_TYPE = "environment_state_agent_pos"
@@ -76,7 +77,7 @@ def train_config(configs: Path, name: str, output: Path, *overrides: str) -> Tra
 def cached_samples(output: Path, cfg: TrainPipelineConfig, meta: LeRobotDatasetMetadata) -> dict[str, torch.Tensor]:
     """All training samples, read through LeRobotDataset once (minutes here) and kept next to the dataset."""
     path = output / "samples.safetensors"
-    key = json.dumps(delta_timestamps(cfg.policy, meta), sort_keys=True)
+    key = json.dumps(resolve_delta_timestamps(cfg.policy, meta), sort_keys=True)
     if path.exists():
         from safetensors import safe_open
 

@@ -47,7 +47,7 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _cache_teacher(args: argparse.Namespace) -> None:
-    from lerobot_flowstep.policies.imle_student.teacher_cache import build_teacher_cache
+    from lerobot_flowstep.tools.cache_teacher import build_teacher_cache
 
     path = build_teacher_cache(
         args.teacher_path,
@@ -77,7 +77,7 @@ def _diagnose(args: argparse.Namespace) -> None:
             args.num_frames, args.num_samples, args.teacher_num_steps, args.teacher_solver, args.seed,
         )  # fmt: skip
     if args.rollouts:
-        from lerobot_flowstep.tools.demo import load_checkpoint
+        from lerobot_flowstep.tools.checkpoints import load_checkpoint
 
         policy, pre, post = load_checkpoint(Path(args.policy_path))
         stats, _ = rollout_mode_report(policy, pre, post, args.num_modes, args.rollouts, args.seed + 100_000)

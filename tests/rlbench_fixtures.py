@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from lerobot_flowstep.rlbench.converter import DEPTH_SCALE, RLBENCH_CAMERAS
-from lerobot_flowstep.rlbench.env import HOME_POSE, FakeRLBenchScene
+from lerobot_flowstep.rlbench.conventions import DEPTH_SCALE, HOME_POSE, RLBENCH_CAMERAS
+from lerobot_flowstep.rlbench.fake_backend import FakeRLBenchScene
 
 
 class Observation:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from lerobot_flowstep.core.networks import NetworkConfig
+from lerobot_flowstep.core.configuration_network import NetworkConfig
 from lerobot_flowstep.tools.demo import DemoSettings, run_demo
 
 

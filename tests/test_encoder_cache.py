@@ -6,7 +6,8 @@ import torch
 from conftest import ACTION_FEATURES, camera_features
 from lerobot.configs import FeatureType, PolicyFeature
 
-from lerobot_flowstep.core.encoder import EncoderConfig, UnifiedObservationEncoder
+from lerobot_flowstep.core.configuration_encoder import EncoderConfig
+from lerobot_flowstep.core.encoder import UnifiedObservationEncoder
 from lerobot_flowstep.policies.flowstep_teacher.configuration_flowstep_teacher import FlowstepTeacherConfig
 from lerobot_flowstep.policies.flowstep_teacher.modeling_flowstep_teacher import FlowstepTeacherPolicy
 from lerobot_flowstep.policies.imle_student.configuration_imle_student import ImleStudentConfig

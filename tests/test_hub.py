@@ -23,10 +23,14 @@ from lerobot.policies.factory import make_pre_post_processors
 from safetensors import safe_open
 
 from lerobot_flowstep.cli import main
-from lerobot_flowstep.core.encoder import EncoderConfig
-from lerobot_flowstep.core.networks import NetworkConfig
+from lerobot_flowstep.core.configuration_encoder import EncoderConfig
+from lerobot_flowstep.core.configuration_network import NetworkConfig
 from lerobot_flowstep.datasets.obstacle_dataset import generate_obstacle_dataset
-from lerobot_flowstep.hub import publish as hub
+from lerobot_flowstep.envs.obstacle import ObstacleLayout
+from lerobot_flowstep.hub.cards import OBSTACLE_SCENE_MODES
+from lerobot_flowstep.hub.datasets import push_dataset
+from lerobot_flowstep.hub.publish import push_policy, stage_policy_upload
+from lerobot_flowstep.hub.templates import load_template
 from lerobot_flowstep.policies.flowstep_teacher.configuration_flowstep_teacher import FlowstepTeacherConfig
 from lerobot_flowstep.policies.flowstep_teacher.modeling_flowstep_teacher import FlowstepTeacherPolicy
 from lerobot_flowstep.policies.imle_student.configuration_imle_student import ImleStudentConfig
@@ -130,9 +134,7 @@ def hub_cache(tmp_path, monkeypatch):
 
 def _published(trained, tmp_path, checkpoint_name: str, repo_id: str, **kwargs) -> Path:
     """What `lerobot-flowstep push` would upload for a checkpoint, staged in a folder."""
-    return hub.stage_policy_upload(
-        trained[checkpoint_name], repo_id, tmp_path / f"up_{checkpoint_name}", **kwargs
-    ).folder
+    return stage_policy_upload(trained[checkpoint_name], repo_id, tmp_path / f"up_{checkpoint_name}", **kwargs).folder
 
 
 # --- a Hub that records requests -------------------------------------------------------------------------
@@ -175,10 +177,15 @@ def hub_server(monkeypatch):
 
 def test_templates_are_found_and_shipped_in_the_wheel():
     for name in ("teacher.md", "student.md", "dataset.md"):
-        assert "{{" in hub.load_template(name)
+        assert "{{" in load_template(name)
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     force_include = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"]
     assert force_include["hub_cards"] == "lerobot_flowstep/hub_cards"
+
+
+def test_the_cards_obstacle_scenes_match_the_env_presets():
+    # The card writes `--env.num_modes` from this table rather than importing the env.
+    assert OBSTACLE_SCENE_MODES == {ObstacleLayout.preset(n).num_obstacles: n for n in (2, 4)}
 
 
 def test_student_dry_run_prints_the_card_and_the_files_and_names_the_teacher(trained, capsys):
@@ -227,7 +234,7 @@ def test_the_upload_is_the_student_alone_with_local_paths_cleared(trained, tmp_p
     }
     (checkpoint / "train_config.json").write_text(json.dumps(train_config))
 
-    upload = hub.stage_policy_upload(checkpoint, STUDENT, tmp_path / "up", teacher_repo_id=TEACHER)
+    upload = stage_policy_upload(checkpoint, STUDENT, tmp_path / "up", teacher_repo_id=TEACHER)
     assert sorted(upload.left_out) == ["teacher_model.safetensors", "training.log"]
     config = json.loads((upload.folder / "config.json").read_text())
     assert config["teacher_path"] == TEACHER and config["repo_id"] == STUDENT
@@ -282,7 +289,7 @@ def test_measurements_only_from_a_report_of_this_checkpoint(trained, tmp_path, c
 
 def test_bad_input_fails_before_any_request_and_good_input_reaches_create_repo(trained, tmp_path, hub_server):
     def push(checkpoint, repo_id=TEACHER, **kwargs):
-        return hub.push_policy(checkpoint, repo_id, **kwargs)
+        return push_policy(checkpoint, repo_id, **kwargs)
 
     for missing in ("model.safetensors", "policy_postprocessor.json", "policy_preprocessor.json"):
         broken = _copy(trained["teacher"], tmp_path / f"no_{missing}")
@@ -322,7 +329,7 @@ def test_bad_input_fails_before_any_request_and_good_input_reaches_create_repo(t
 
 def test_pushing_offline_says_so(trained):
     with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE"):
-        hub.push_policy(trained["teacher"], TEACHER)
+        push_policy(trained["teacher"], TEACHER)
 
 
 def test_policy_loads_by_repo_id_from_the_hub_cache_without_its_teacher(trained, tmp_path, hub_cache):
@@ -354,7 +361,7 @@ def test_policy_loads_by_repo_id_from_the_hub_cache_without_its_teacher(trained,
     install_in_hub_cache(hub_cache, TEACHER, _published(trained, tmp_path, "teacher", TEACHER))
     assert isinstance(FlowstepTeacherPolicy.from_pretrained(TEACHER), FlowstepTeacherPolicy)
     ImleStudentPolicy.from_pretrained(STUDENT)
-    upload = hub.push_policy(trained["student"], STUDENT, teacher_repo_id=TEACHER, dry_run=True)
+    upload = push_policy(trained["student"], STUDENT, teacher_repo_id=TEACHER, dry_run=True)
     assert upload.notes == []
 
 
@@ -411,6 +418,6 @@ def test_dataset_card_says_where_the_data_came_from(trained, tmp_path, capsys):
 
 def test_dataset_push_goes_through_lerobot_push_to_hub(trained, hub_server):
     with pytest.raises(HfHubHTTPError):
-        hub.push_dataset(trained["data"], "org/flowstep-obstacle")
+        push_dataset(trained["data"], "org/flowstep-obstacle")
     creates = [json.loads(body) for method, path, body in hub_server if path == "/api/repos/create"]
     assert creates[0]["name"] == "flowstep-obstacle" and creates[0]["type"] == "dataset"

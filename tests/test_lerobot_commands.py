@@ -111,7 +111,7 @@ def test_camera_teacher_with_point_clouds_trains_and_evaluates_through_lerobot(t
 def test_two_cpu_processes_train_teacher_and_cached_student_and_write_one_loadable_checkpoint(tmp_path):
     """Data-parallel training on LeRobot's engine (accelerate + gloo), as LeRobot supports for its own policies."""
     from lerobot_flowstep.policies.imle_student.modeling_imle_student import ImleStudentPolicy
-    from lerobot_flowstep.policies.imle_student.teacher_cache import build_teacher_cache
+    from lerobot_flowstep.tools.cache_teacher import build_teacher_cache
     from lerobot_flowstep.tools.lerobot_commands import lerobot_train_distributed
 
     data = generate_obstacle_dataset(tmp_path / "data", repo_id=REPO_ID, num_episodes=4, seed=0)

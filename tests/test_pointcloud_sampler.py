@@ -27,12 +27,8 @@ from lerobot_flowstep.core.geometry import (
 )
 from lerobot_flowstep.processor import pointcloud as pointcloud_module
 from lerobot_flowstep.processor.pointcloud import PointCloudProcessorStep
-from lerobot_flowstep.rlbench.converter import (
-    DEFAULT_BOUNDS_HIGH,
-    DEFAULT_BOUNDS_LOW,
-    discover_episodes,
-    read_episode,
-)
+from lerobot_flowstep.rlbench.conventions import DEFAULT_BOUNDS_HIGH, DEFAULT_BOUNDS_LOW
+from lerobot_flowstep.rlbench.demo_files import discover_episodes, read_episode
 
 CAMERAS = ["front", "left_shoulder", "right_shoulder", "wrist"]
 REAL_TASK = ("data", "rlbench", "reach_target")

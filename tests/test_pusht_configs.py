@@ -10,7 +10,7 @@ from lerobot.configs.train import TrainPipelineConfig
 from lerobot.envs.configs import PushtEnv
 from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
 
-from lerobot_flowstep.core.networks import NetworkConfig
+from lerobot_flowstep.core.configuration_network import NetworkConfig
 from lerobot_flowstep.policies.flowstep_teacher.configuration_flowstep_teacher import FlowstepTeacherConfig
 from lerobot_flowstep.policies.imle_student.configuration_imle_student import ImleStudentConfig
 

@@ -25,17 +25,21 @@ from rlbench_fixtures import Demo, Observation, encode_depth, rlbench_modules, w
 from lerobot_flowstep.constants import OBS_POINTCLOUD, depth_key, extrinsics_key, intrinsics_key, rgb_key
 from lerobot_flowstep.core.geometry import depth_to_world_points, flip_negative_focal
 from lerobot_flowstep.processor.pointcloud import PointCloudProcessorStep
-from lerobot_flowstep.rlbench import converter as rlb
+from lerobot_flowstep.rlbench import geometry_check
 from lerobot_flowstep.rlbench.cli import add_convert_rlbench_parser
-from lerobot_flowstep.rlbench.converter import (
-    RLBenchDataError,
-    check_rlbench_geometry,
-    convert_rlbench,
+from lerobot_flowstep.rlbench.conventions import (
+    FRAME_COLUMN,
+    RLBENCH_CAMERAS,
+    TARGET_COLUMN,
+    VARIATION_COLUMN,
     decode_depth,
-    keypoint_discovery,
-    load_observations,
+    fused_pointclouds,
+    opencv_camera,
     rlbench_pointcloud_config,
 )
+from lerobot_flowstep.rlbench.converter import convert_rlbench, keypoint_discovery
+from lerobot_flowstep.rlbench.demo_files import RLBenchDataError, load_observations
+from lerobot_flowstep.rlbench.geometry_check import check_rlbench_geometry
 from lerobot_flowstep.tools.lerobot_commands import last_checkpoint, lerobot_train, offline_env, train_args
 
 REPO_ID = "local/rlbench_test"
@@ -197,21 +201,21 @@ def _geometry_agrees_with_pyrep(episode_dir: Path, cameras, frames) -> tuple[flo
 
 def test_pointcloud_matches_pyrep_on_synthetic_demo(synthetic) -> None:
     _, episodes = synthetic
-    worst, worst_same_rotation = _geometry_agrees_with_pyrep(episodes[0].path, rlb.RLBENCH_CAMERAS, [0, 7])
+    worst, worst_same_rotation = _geometry_agrees_with_pyrep(episodes[0].path, RLBENCH_CAMERAS, [0, 7])
     assert worst < 1e-9 and worst_same_rotation < 1e-9
 
 
 def test_pointcloud_matches_pyrep_on_real_demos() -> None:
     for episode in ("episode0", "episode1"):
         episode_dir = shared_path(*REAL_TASK, "variation0", "episodes", episode)
-        worst, worst_same_rotation = _geometry_agrees_with_pyrep(episode_dir, rlb.RLBENCH_CAMERAS, [0, 30, -1])
+        worst, worst_same_rotation = _geometry_agrees_with_pyrep(episode_dir, RLBENCH_CAMERAS, [0, 30, -1])
         print(f"{episode}: max |ours - PyRep| = {worst:.2e} m, {worst_same_rotation:.2e} m with PyRep's rotation")
         assert worst < 1e-6, worst  # float32-orthonormal rotations, ~1e-7 relative at up to 4.5 m
         assert worst_same_rotation < 1e-9, worst_same_rotation
 
 
 def test_geometry_check_on_real_demos(monkeypatch: pytest.MonkeyPatch) -> None:
-    flip = rlb.opencv_camera
+    flip = opencv_camera
     episode_dir = shared_path(*REAL_TASK, "variation0", "episodes", "episode0")
     report = check_rlbench_geometry(episode_dir, max_points=400)
     print(report.format())
@@ -223,9 +227,9 @@ def test_geometry_check_on_real_demos(monkeypatch: pytest.MonkeyPatch) -> None:
     # Negative controls: the usual mistakes must fail the check. Making the focal lengths positive without
     # flipping the camera axes mirrors every cloud; reading the extrinsics as world-to-camera misplaces it.
     cameras = ["front", "left_shoulder"]
-    monkeypatch.setattr(rlb, "opencv_camera", lambda k, t: (np.abs(k), np.asarray(t, float)))
+    monkeypatch.setattr(geometry_check, "opencv_camera", lambda k, t: (np.abs(k), np.asarray(t, float)))
     assert not check_rlbench_geometry(episode_dir, cameras=cameras, max_points=400).passed
-    monkeypatch.setattr(rlb, "opencv_camera", lambda k, t: flip(k, np.linalg.inv(t)))
+    monkeypatch.setattr(geometry_check, "opencv_camera", lambda k, t: flip(k, np.linalg.inv(t)))
     assert not check_rlbench_geometry(episode_dir, cameras=cameras, max_points=400).passed
 
 
@@ -251,8 +255,8 @@ def test_converted_dataset_matches_raw_files(synthetic, converted) -> None:
     for index, episode in enumerate(episodes):
         rows = np.flatnonzero(episode_index == index)
         assert len(rows) == 8
-        np.testing.assert_array_equal(np.asarray(raw[rlb.FRAME_COLUMN])[rows].ravel(), np.arange(8))
-        np.testing.assert_array_equal(np.asarray(raw[rlb.TARGET_COLUMN])[rows].ravel(), [1, 2, 3, 4, 5, 6, 7, 7])
+        np.testing.assert_array_equal(np.asarray(raw[FRAME_COLUMN])[rows].ravel(), np.arange(8))
+        np.testing.assert_array_equal(np.asarray(raw[TARGET_COLUMN])[rows].ravel(), [1, 2, 3, 4, 5, 6, 7, 7])
         for row, t in zip(rows, range(8), strict=True):
             target = min(t + 1, 7)
             np.testing.assert_allclose(actions[row][:3], episode.poses[target, :3], atol=1e-6)
@@ -267,7 +271,7 @@ def test_converted_dataset_matches_raw_files(synthetic, converted) -> None:
 
     item = dataset[0]
     first_raw = raw_observations(episodes[0].path)[0]
-    for cam in rlb.RLBENCH_CAMERAS:
+    for cam in RLBENCH_CAMERAS:
         png = np.asarray(Image.open(episodes[0].path / f"{cam}_rgb" / "0.png").convert("RGB"))
         np.testing.assert_array_equal((item[rgb_key(cam)] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy(), png)
         depth = item[depth_key(cam)]
@@ -301,8 +305,8 @@ def test_keyframes_only(tmp_path: Path, synthetic) -> None:
         keypoints = reference_keypoints(raw_observations(episode.path))
         assert 4 in keypoints  # the gripper closes at frame 4
         rows = np.flatnonzero(episode_index == index)
-        np.testing.assert_array_equal(np.asarray(raw[rlb.FRAME_COLUMN])[rows].ravel(), [0, *keypoints[:-1]])
-        np.testing.assert_array_equal(np.asarray(raw[rlb.TARGET_COLUMN])[rows].ravel(), keypoints)
+        np.testing.assert_array_equal(np.asarray(raw[FRAME_COLUMN])[rows].ravel(), [0, *keypoints[:-1]])
+        np.testing.assert_array_equal(np.asarray(raw[TARGET_COLUMN])[rows].ravel(), keypoints)
         actions = np.stack(raw["action"])[rows]
         np.testing.assert_allclose(actions[:, :3], episode.poses[keypoints, :3], atol=1e-6)
         np.testing.assert_array_equal(actions[:, 7], episode.gripper_open[keypoints])
@@ -381,12 +385,12 @@ def test_converter_cloud_is_the_processor_steps_cloud_on_real_frames() -> None:
         rgb[cam] = np.stack(
             [np.asarray(Image.open(episode_dir / f"{cam}_rgb" / f"{t}.png").convert("RGB")) for t in frames]
         )
-        intrinsics[cam], extrinsics[cam] = rlb.opencv_camera(
+        intrinsics[cam], extrinsics[cam] = opencv_camera(
             np.stack([m[f"{cam}_camera_intrinsics"] for m in misc]),
             np.stack([m[f"{cam}_camera_extrinsics"] for m in misc]),
         )
     options = rlbench_pointcloud_config(cameras=cams, num_points=128, use_rgb=True)
-    ours = rlb.fused_pointclouds(
+    ours = fused_pointclouds(
         [depth[c] for c in cams],
         [intrinsics[c] for c in cams],
         [extrinsics[c] for c in cams],
@@ -420,7 +424,7 @@ def test_all_variations_layout_variation_numbers_and_description_fallbacks(tmp_p
     summary = convert_rlbench(task_dir, out, repo_id=REPO_ID, cameras=["front"], progress=False)
     dataset = LeRobotDataset(REPO_ID, root=out)
     raw = dataset.hf_dataset.with_format("numpy")
-    variations = np.asarray(raw[rlb.VARIATION_COLUMN]).ravel()
+    variations = np.asarray(raw[VARIATION_COLUMN]).ravel()
     episode_index = np.asarray(raw["episode_index"])
     assert [int(variations[episode_index == e][0]) for e in range(4)] == [1, 3, 1, 3]
     tasks = [dataset[int(np.flatnonzero(episode_index == e)[0])]["task"] for e in range(4)]
@@ -432,7 +436,7 @@ def test_all_variations_layout_variation_numbers_and_description_fallbacks(tmp_p
     summary = convert_rlbench(task_dir, only, repo_id=REPO_ID, cameras=["front"], variations=[3], progress=False)
     assert summary.episodes == 2
     assert set(
-        np.asarray(LeRobotDataset(REPO_ID, root=only).hf_dataset.with_format("numpy")[rlb.VARIATION_COLUMN]).ravel()
+        np.asarray(LeRobotDataset(REPO_ID, root=only).hf_dataset.with_format("numpy")[VARIATION_COLUMN]).ravel()
     ) == {3}
 
 
@@ -652,7 +656,7 @@ def test_real_demos_convert_and_match_raw_files(real_dataset) -> None:
     assert any("variation_descriptions.pkl missing" in n for n in summary.notes)
     dataset = LeRobotDataset("local/rlbench_reach_target", root=root)
     assert dataset.fps == 20
-    for cam in rlb.RLBENCH_CAMERAS:
+    for cam in RLBENCH_CAMERAS:
         assert dataset.meta.features[rgb_key(cam)]["shape"] == (128, 128, 3)
         assert dataset.meta.features[depth_key(cam)]["shape"] == (1, 128, 128)
     raw = dataset.hf_dataset.with_format("numpy")

@@ -21,21 +21,16 @@ from lerobot.utils.feature_utils import dataset_to_policy_features
 
 from lerobot_flowstep.policies.flowstep_teacher.configuration_flowstep_teacher import FlowstepTeacherConfig
 from lerobot_flowstep.policies.flowstep_teacher.modeling_flowstep_teacher import FlowstepTeacherPolicy
-from lerobot_flowstep.rlbench.converter import (
+from lerobot_flowstep.rlbench.conventions import (
     DEFAULT_BOUNDS_HIGH,
     DEFAULT_BOUNDS_LOW,
+    HOME_POSE,
     decode_depth,
     opencv_camera,
-    rlbench_dataset_features,
 )
-from lerobot_flowstep.rlbench.env import (
-    HOME_POSE,
-    RLBENCH_GYM_ID,
-    FakeRLBenchBackend,
-    RLBenchEnv,
-    RLBenchEnvConfig,
-    RLBenchUnavailableError,
-)
+from lerobot_flowstep.rlbench.converter import rlbench_dataset_features
+from lerobot_flowstep.rlbench.env import RLBENCH_GYM_ID, RLBenchEnv, RLBenchEnvConfig, RLBenchUnavailableError
+from lerobot_flowstep.rlbench.fake_backend import FakeRLBenchBackend
 from lerobot_flowstep.tools.lerobot_commands import offline_env
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "rlbench"
@@ -73,7 +68,7 @@ def test_env_type_is_registered_and_matches_the_converted_dataset() -> None:
 
 
 def _pointcloud_options(cameras):
-    from lerobot_flowstep.rlbench.converter import rlbench_pointcloud_config
+    from lerobot_flowstep.rlbench.conventions import rlbench_pointcloud_config
 
     return rlbench_pointcloud_config(cameras=cameras)
 

@@ -74,12 +74,12 @@ def test_training_loss_backpropagates_into_encoder_and_velocity():
     assert policy.velocity.inp.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("policy_type", ["flowstep_teacher", "imle_student"])
+@pytest.mark.parametrize("policy_type", ["flowstep_teacher", "flowstep_regression"])
 def test_a_nonfinite_loss_stops_training_naming_the_step_and_the_keys(policy_type):
-    if policy_type == "imle_student":
-        from lerobot_flowstep.policies.imle_student.configuration_imle_student import ImleStudentConfig
+    if policy_type == "flowstep_regression":
+        from lerobot_flowstep.policies.flowstep_regression import FlowstepRegressionConfig
 
-        cfg = _config(ImleStudentConfig, objective="regression")  # the regression loss needs no teacher
+        cfg = _config(FlowstepRegressionConfig)
     else:
         cfg = _config()
     policy = get_policy_class(policy_type)(cfg).train()

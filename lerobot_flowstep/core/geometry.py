@@ -45,6 +45,20 @@ def camera_rays(intrinsics: Tensor, height: int, width: int) -> Tensor:
     return torch.stack([x, y, torch.ones_like(x)], dim=-1)
 
 
+def look_at_extrinsics(eye: np.ndarray, target: np.ndarray, up: np.ndarray | None = None) -> np.ndarray:
+    """Camera-to-world transform of an OpenCV camera (x right, y down, z forward) at eye facing target."""
+    up = np.array([0.0, 0.0, 1.0]) if up is None else np.asarray(up, dtype=np.float64)
+    forward = np.asarray(target, dtype=np.float64) - np.asarray(eye, dtype=np.float64)
+    forward /= np.linalg.norm(forward)
+    right = np.cross(forward, up)
+    right /= np.linalg.norm(right)
+    down = np.cross(forward, right)
+    transform = np.eye(4)
+    transform[:3, 0], transform[:3, 1], transform[:3, 2] = right, down, forward
+    transform[:3, 3] = eye
+    return transform
+
+
 def depth_to_camera_points(depth: Tensor, intrinsics: Tensor) -> Tensor:
     """Back-project a depth map (..., H, W) into camera-frame points (..., H, W, 3)."""
     height, width = depth.shape[-2:]

@@ -63,8 +63,9 @@ def imle_chamfer_objective(
     mask: Tensor | None = None,
     coverage_weight: float = 1.0,
     fidelity_weight: float = 1.0,
-) -> tuple[Tensor, dict[str, float]]:
-    """Mean over observations of the Chamfer loss of each observation's best candidate set.
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Mean over observations of the Chamfer loss of each observation's best candidate set, and the loss and
+    its two directions (detached scalars, left on the device so the caller reads them back in one go).
 
     targets: (B, M, H, A); candidates: (B, C, K, H, A) (C candidate sets of K samples).
     """
@@ -78,8 +79,8 @@ def imle_chamfer_objective(
     rows = torch.arange(b, device=losses.device)
     loss = losses[rows, chosen].mean()
     info = {
-        "chamfer_loss": loss.item(),
-        "coverage": coverage.reshape(b, c)[rows, chosen].mean().item(),
-        "fidelity": fidelity.reshape(b, c)[rows, chosen].mean().item(),
+        "chamfer_loss": loss.detach(),
+        "coverage": coverage.detach().reshape(b, c)[rows, chosen].mean(),
+        "fidelity": fidelity.detach().reshape(b, c)[rows, chosen].mean(),
     }
     return loss, info

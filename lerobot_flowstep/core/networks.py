@@ -7,7 +7,6 @@ teacher's weights.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from types import SimpleNamespace
 
 import torch
@@ -18,28 +17,10 @@ from lerobot.policies.diffusion.modeling_diffusion import (
 )
 from torch import Tensor, nn
 
-NETWORKS = ("mlp", "unet")
+from lerobot_flowstep.core.configuration_network import NetworkConfig
+
 # Sinusoidal embeddings are tuned for integer diffusion timesteps; flow time in [0, 1] is stretched to match.
 TIME_SCALE = 1000.0
-
-
-@dataclass
-class NetworkConfig:
-    """`mlp`: residual MLP over the flattened chunk with FiLM conditioning (fast on CPU).
-    `unet`: LeRobot's diffusion-policy 1-D temporal U-Net."""
-
-    type: str = "mlp"
-    hidden_dim: int = 512
-    num_blocks: int = 4
-    time_embed_dim: int = 128
-    down_dims: tuple[int, ...] = (128, 256, 512)
-    kernel_size: int = 5
-    n_groups: int = 8
-    use_film_scale_modulation: bool = True
-
-    def __post_init__(self) -> None:
-        if self.type not in NETWORKS:
-            raise ValueError(f"network.type must be one of {NETWORKS}, got '{self.type}'.")
 
 
 class _FiLMBlock(nn.Module):

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from lerobot_flowstep.core.geometry import camera_rays
+from lerobot_flowstep.core.geometry import camera_rays, look_at_extrinsics
 
 CAMERA_NAME = "top"
 TASK_NAME = "obstacle_reach"
@@ -141,20 +141,6 @@ def pinhole_intrinsics(image_size: int, tan_half_fov: float) -> np.ndarray:
     focal = (image_size / 2.0) / tan_half_fov
     centre = (image_size - 1) / 2.0
     return np.array([[focal, 0.0, centre], [0.0, focal, centre], [0.0, 0.0, 1.0]])
-
-
-def look_at_extrinsics(eye: np.ndarray, target: np.ndarray, up: np.ndarray | None = None) -> np.ndarray:
-    """Camera-to-world transform of an OpenCV camera (x right, y down, z forward) at eye facing target."""
-    up = np.array([0.0, 0.0, 1.0]) if up is None else np.asarray(up, dtype=np.float64)
-    forward = np.asarray(target, dtype=np.float64) - np.asarray(eye, dtype=np.float64)
-    forward /= np.linalg.norm(forward)
-    right = np.cross(forward, up)
-    right /= np.linalg.norm(right)
-    down = np.cross(forward, right)
-    transform = np.eye(4)
-    transform[:3, 0], transform[:3, 1], transform[:3, 2] = right, down, forward
-    transform[:3, 3] = eye
-    return transform
 
 
 def _cylinder_hit(

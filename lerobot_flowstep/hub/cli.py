@@ -32,7 +32,7 @@ def _push(args: argparse.Namespace) -> None:
 
 
 def _push_dataset(args: argparse.Namespace) -> None:
-    from lerobot_flowstep.hub.publish import push_dataset
+    from lerobot_flowstep.hub.datasets import push_dataset
 
     upload = _network_errors_as_runtime_errors(
         args.repo_id,

@@ -6,15 +6,10 @@ import argparse
 from pathlib import Path
 
 from lerobot_flowstep.processor.pointcloud import PointCloudConfig
-from lerobot_flowstep.rlbench.converter import (
-    ACTION_MODES,
-    DEFAULT_BOUNDS_HIGH,
-    DEFAULT_BOUNDS_LOW,
-    RLBENCH_CAMERAS,
-    check_rlbench_geometry,
-    convert_rlbench,
-    discover_episodes,
-)
+from lerobot_flowstep.rlbench.conventions import ACTION_MODES, DEFAULT_BOUNDS_HIGH, DEFAULT_BOUNDS_LOW, RLBENCH_CAMERAS
+from lerobot_flowstep.rlbench.converter import convert_rlbench
+from lerobot_flowstep.rlbench.demo_files import discover_episodes
+from lerobot_flowstep.rlbench.geometry_check import check_rlbench_geometry
 
 _EPILOG = (
     "layouts read: <task>/variation<N>/episodes/episode<K>/ and <task>/all_variations/episodes/episode<K>/\n\n"

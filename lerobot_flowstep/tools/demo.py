@@ -21,17 +21,17 @@ from pathlib import Path
 
 import gymnasium as gym
 import torch
-from lerobot.configs import PreTrainedConfig
 from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
-from lerobot.policies.factory import get_policy_class, make_pre_post_processors
 from tqdm import trange
 
-from lerobot_flowstep.core.networks import NetworkConfig
+from lerobot_flowstep.core.configuration_network import NetworkConfig
 from lerobot_flowstep.datasets.obstacle_dataset import generate_obstacle_dataset
 from lerobot_flowstep.envs import OBSTACLE_REACH_ID, ObstacleLayout
+from lerobot_flowstep.policies.flowstep_regression import FlowstepRegressionConfig
 from lerobot_flowstep.policies.flowstep_teacher.configuration_flowstep_teacher import FlowstepTeacherConfig
 from lerobot_flowstep.policies.imle_student.configuration_imle_student import ImleStudentConfig
-from lerobot_flowstep.policies.imle_student.teacher_cache import cache_from_samples
+from lerobot_flowstep.tools.cache_teacher import cache_from_samples
+from lerobot_flowstep.tools.checkpoints import load_checkpoint
 from lerobot_flowstep.tools.diagnostics import rollout_mode_report
 from lerobot_flowstep.tools.latency import chunk_latency, measure_latency
 from lerobot_flowstep.tools.plots import plot_trajectories
@@ -77,17 +77,6 @@ def random_policy_success(num_modes: int, episodes: int, seed: int) -> float:
         successes += bool(info.get("is_success", False))
     env.close()
     return successes / episodes
-
-
-def load_checkpoint(checkpoint: Path, **overrides):
-    """Policy and processors from a saved checkpoint, as `lerobot-eval --policy.path=...` loads them."""
-    config = PreTrainedConfig.from_pretrained(checkpoint)
-    for name, value in overrides.items():
-        setattr(config, name, value)
-    config.device = "cpu"
-    policy = get_policy_class(config.type).from_pretrained(checkpoint, config=config, strict=True)
-    preprocessor, postprocessor = make_pre_post_processors(config, pretrained_path=str(checkpoint))
-    return policy, preprocessor, postprocessor
 
 
 def obstacle_chunk_latency(policy, preprocessor, num_modes: int, repeats: int) -> dict:
@@ -155,7 +144,7 @@ def run_demo(settings: DemoSettings) -> dict:
     timed("student_distill", start)
 
     start = time.perf_counter()
-    regression_cfg = ImleStudentConfig(**common, objective="regression", optimizer_lr=settings.teacher_lr)
+    regression_cfg = FlowstepRegressionConfig(**common, optimizer_lr=settings.teacher_lr)
     _, regression_ckpt, _ = train_policy_on_dataset(
         regression_cfg, DATASET_REPO_ID, data_root, out / "regression", settings.regression_steps,
         settings.batch_size, settings.seed, "train regression baseline", samples,

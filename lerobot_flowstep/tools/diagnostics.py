@@ -148,22 +148,16 @@ def held_out_chamfer(
     Both policies see the observation through the teacher's preprocessor, whose normalization the student
     shares, so the two Chamfer directions are in one action space.
     """
-    from lerobot.configs import PreTrainedConfig
+    from lerobot.datasets.factory import resolve_delta_timestamps
     from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
-    from lerobot.policies.factory import get_policy_class, make_pre_post_processors
 
-    from lerobot_flowstep.tools.training import delta_timestamps
+    from lerobot_flowstep.tools.checkpoints import load_checkpoint
 
-    teacher_cfg = PreTrainedConfig.from_pretrained(teacher_path)
-    teacher_cfg.device = "cpu"
-    teacher = get_policy_class(teacher_cfg.type).from_pretrained(teacher_path, config=teacher_cfg)
-    policy_cfg = PreTrainedConfig.from_pretrained(policy_path)
-    policy_cfg.device = "cpu"
-    policy = get_policy_class(policy_cfg.type).from_pretrained(policy_path, config=policy_cfg)
-    preprocessor, _ = make_pre_post_processors(teacher_cfg, pretrained_path=str(teacher_path))
+    teacher, preprocessor, _ = load_checkpoint(teacher_path)
+    policy, _, _ = load_checkpoint(policy_path)
     meta = LeRobotDatasetMetadata(repo_id, root=root)
     dataset = LeRobotDataset(
-        repo_id, root=root, episodes=episodes, delta_timestamps=delta_timestamps(teacher_cfg, meta)
+        repo_id, root=root, episodes=episodes, delta_timestamps=resolve_delta_timestamps(teacher.config, meta)
     )
     generator = torch.Generator().manual_seed(seed)
     frames = torch.randperm(len(dataset), generator=generator)[:num_frames]

@@ -14,29 +14,18 @@ from pathlib import Path
 
 import torch
 from lerobot.configs import PreTrainedConfig
+from lerobot.datasets.factory import resolve_delta_timestamps
 from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
 from lerobot.policies.factory import make_policy, make_pre_post_processors
 from lerobot.policies.pretrained import PreTrainedPolicy
 from lerobot.processor import PolicyProcessorPipeline
-from lerobot.utils.constants import ACTION
 from torch import Tensor
 from tqdm import trange
 
 
-def delta_timestamps(config: PreTrainedConfig, meta: LeRobotDatasetMetadata) -> dict[str, list[float]]:
-    """The `delta_timestamps` lerobot-train would use for this policy on this dataset."""
-    out = {}
-    for key in meta.features:
-        if key == ACTION and config.action_delta_indices is not None:
-            out[key] = [i / meta.fps for i in config.action_delta_indices]
-        elif key.startswith("observation.") and config.observation_delta_indices is not None:
-            out[key] = [i / meta.fps for i in config.observation_delta_indices]
-    return out
-
-
 def load_samples(repo_id: str, root: Path, config: PreTrainedConfig, meta: LeRobotDatasetMetadata) -> dict[str, Tensor]:
     """Every training sample of the dataset, stacked: {key: (num_frames, ...)}."""
-    dataset = LeRobotDataset(repo_id, root=root, delta_timestamps=delta_timestamps(config, meta))
+    dataset = LeRobotDataset(repo_id, root=root, delta_timestamps=resolve_delta_timestamps(config, meta))
     if dataset.meta.camera_keys:
         raise ValueError(
             f"{root} holds camera features {dataset.meta.camera_keys}; in-memory training is for small "

@@ -10,8 +10,8 @@ from lerobot.optim import AdamWConfig, CosineDecayWithWarmupSchedulerConfig
 from lerobot.utils.constants import ACTION
 
 from lerobot_flowstep.constants import OBS_POINTCLOUD, depth_key, extrinsics_key, intrinsics_key, rgb_key
-from lerobot_flowstep.core.encoder import EncoderConfig, check_encoder_inputs
-from lerobot_flowstep.core.networks import NetworkConfig
+from lerobot_flowstep.core.configuration_encoder import EncoderConfig, check_encoder_inputs
+from lerobot_flowstep.core.configuration_network import NetworkConfig
 from lerobot_flowstep.processor.pointcloud import PointCloudConfig
 
 

@@ -80,11 +80,20 @@ class FlowstepBasePolicy(PreTrainedPolicy):
         """(B, cond_dim) from a batch with the time dimension (B, n_obs_steps, ...) or a single frame."""
         return self.encoder(self._observation_history(batch))
 
+    def training_info(self, stats: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, float]:
+        """The values a training step logs, as floats (what LeRobot's metrics take), read back from the device
+        in one transfer, the step's only synchronisation; the first is the loss, checked by `check_loss`."""
+        values = torch.stack([value.detach().float().reshape(()) for value in stats.values()]).tolist()
+        info = dict(zip(stats, values, strict=True))
+        self.check_loss(values[0], batch)
+        return info
+
     def check_loss(self, loss_value: float, batch: dict[str, Tensor]) -> None:
         """Count a training forward call and stop at a non-finite loss (`config.stop_on_nonfinite_loss`), naming
-        the call and the batch keys holding NaN or inf. `loss_value` is the float already taken for logging, so
-        the check adds no device synchronisation; the keys are inspected only on failure. Under data-parallel
-        training only the process that saw the bad batch raises; the others stop at their next collective."""
+        the call and the batch keys holding NaN or inf. `loss_value` is the float already read back for
+        logging, so the check adds no device synchronisation; the keys are inspected only on failure. Under
+        data-parallel training only the process that saw the bad batch raises; the others stop at their next
+        collective."""
         self._training_steps += 1
         if math.isfinite(loss_value) or not self.config.stop_on_nonfinite_loss:
             return
@@ -222,7 +231,7 @@ class FlowstepBasePolicy(PreTrainedPolicy):
     ) -> ModelCard:
         """The card `lerobot-train --policy.push_to_hub=true` uploads: the plugin's template (hub_cards/), which
         describes the method, the teacher reference and the limitations, instead of LeRobot's generic one."""
-        from lerobot_flowstep.hub.publish import render_policy_card  # only pushing needs the card code (and Jinja2)
+        from lerobot_flowstep.hub.cards import render_policy_card  # only pushing needs the card code (and Jinja2)
 
         return render_policy_card(
             self.config,

@@ -38,6 +38,4 @@ class FlowstepTeacherPolicy(FlowstepBasePolicy):
         noise = self.sample_noise(actions.shape[0], actions.device).to(actions.dtype)
         mask = ~batch["action_is_pad"] if "action_is_pad" in batch else None
         loss = cfm_loss(lambda x, tt: self.velocity(x, tt, cond), actions, t, noise, mask)
-        info = {"cfm_loss": loss.item()}
-        self.check_loss(info["cfm_loss"], batch)
-        return loss, info
+        return loss, self.training_info({"cfm_loss": loss}, batch)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
+from pathlib import Path
 
+from huggingface_hub.constants import CONFIG_NAME
 from lerobot.configs import PreTrainedConfig
 
 from lerobot_flowstep.core.flow_matching import SOLVERS
 from lerobot_flowstep.policies.common.config_base import FlowstepBaseConfig
 
-OBJECTIVES = ("imle", "regression")
 # What the student copies from its teacher, so that both see the same observations, predict the same
 # chunks and share one normalization.
 INHERITED_FIELDS = (
@@ -26,7 +28,15 @@ INHERITED_FIELDS = (
 
 
 def load_teacher_config(teacher_path: str) -> PreTrainedConfig:
-    """The teacher's saved config (a local checkpoint folder or a Hub repo id, offline from the cache)."""
+    """The teacher's saved config (a local checkpoint folder or a Hub repo id, offline from the cache), read
+    once per process and file version: building the config, the policy and its teacher all ask for it."""
+    local = Path(teacher_path) / CONFIG_NAME
+    version = local.stat().st_mtime_ns if local.is_file() else None
+    return copy.deepcopy(_read_teacher_config(teacher_path, version))
+
+
+@functools.lru_cache(maxsize=8)
+def _read_teacher_config(teacher_path: str, version: int | None) -> PreTrainedConfig:
     try:
         config = PreTrainedConfig.from_pretrained(teacher_path)
     except Exception as err:
@@ -50,8 +60,8 @@ class ImleStudentConfig(FlowstepBaseConfig):
         objective, never at inference.
     inherit_teacher_config: copy horizon, observation history, encoder, network and point-cloud settings
         from the teacher (recommended). When false they must already match, or start-up fails.
-    objective: "imle" (distillation) or "regression" (the deterministic L2 baseline: same network, z = 0,
-        trained on the dataset's chunks; needs no teacher).
+    objective: always "imle"; kept so that saved students still load. The regression baseline is its own
+        policy type, `flowstep_regression`.
     num_teacher_samples, num_student_samples: M and K of the per-observation Chamfer objective.
     num_candidate_sets: IMLE selection: C sets of K latents per observation, only the best set is trained.
     coverage_weight, fidelity_weight: weights of the two Chamfer directions.
@@ -86,13 +96,20 @@ class ImleStudentConfig(FlowstepBaseConfig):
     num_inference_candidates: int = 16
 
     def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got '{self.objective}'.")
+        if self.objective != "imle":
+            raise ValueError(
+                f"imle_student has no objective '{self.objective}'. The regression baseline is its own policy type: "
+                "--policy.type=flowstep_regression (for a checkpoint saved with objective=regression, set "
+                '"type": "flowstep_regression" in its config.json and delete the fields that '
+                "FlowstepRegressionConfig lacks, which are the student's own; the weights load unchanged)."
+            )
         if self.teacher_ode_solver not in SOLVERS:
             raise ValueError(f"teacher_ode_solver must be one of {SOLVERS}, got '{self.teacher_ode_solver}'.")
         for name in ("num_teacher_samples", "num_student_samples", "num_candidate_sets", "num_inference_candidates"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        # Here, not when the policy is built: lerobot-train resolves the dataset's delta_timestamps from
+        # horizon and n_obs_steps before any policy exists, so they must be the teacher's by then.
         if self.teacher_path and self.inherit_teacher_config and not self.teacher_config_inherited:
             teacher = load_teacher_config(self.teacher_path)
             for name in INHERITED_FIELDS:

@@ -54,7 +54,7 @@ class ImleStudentPolicy(FlowstepBasePolicy):
         self._teacher_holder: list[FlowstepTeacherPolicy] = []
         self._teacher_copy_checked = False
         self._cache_holder: list[TeacherCache] = []
-        if config.objective == "imle" and config.teacher_path:
+        if config.teacher_path:
             try:
                 teacher_config = load_teacher_config(config.teacher_path)
             except FileNotFoundError:
@@ -74,14 +74,14 @@ class ImleStudentPolicy(FlowstepBasePolicy):
         if not self._teacher_holder:
             if not self.config.teacher_path:
                 raise ValueError(
-                    "The imle objective distils a teacher: set --policy.teacher_path=<teacher checkpoint folder or "
-                    "repo id> (or --policy.objective=regression for the teacher-free baseline)."
+                    "The IMLE student distils a teacher: set --policy.teacher_path=<teacher checkpoint folder or "
+                    "repo id> (or train --policy.type=flowstep_regression, the teacher-free baseline)."
                 )
-            # Reads only config.json: a teacher folder that moved since the student was configured (a resumed
-            # run) is reported by name here, not by the Hub client's repo-id validation.
-            load_teacher_config(self.config.teacher_path)
-            teacher = FlowstepTeacherPolicy.from_pretrained(self.config.teacher_path)
-            check_teacher_compatibility(self.config, teacher.config)
+            # Reading config.json first reports a teacher folder that moved since the student was configured (a
+            # resumed run) by name, not by the Hub client's repo-id validation.
+            teacher_config = load_teacher_config(self.config.teacher_path)
+            check_teacher_compatibility(self.config, teacher_config)
+            teacher = FlowstepTeacherPolicy.from_pretrained(self.config.teacher_path, config=teacher_config)
             teacher.requires_grad_(False)
             self._teacher_holder.append(teacher.eval().to(device))
         teacher = self._teacher_holder[0]
@@ -91,9 +91,16 @@ class ImleStudentPolicy(FlowstepBasePolicy):
 
     @property
     def teacher_cache(self) -> TeacherCache | None:
-        if self.config.teacher_cache_path and not self._cache_holder:
+        """The cache, on the student's device: looked up there, so a training step copies nothing to the host."""
+        if not self.config.teacher_cache_path:
+            return None
+        device = self.initialized_from_teacher.device
+        if not self._cache_holder:
             self._cache_holder.append(TeacherCache(self.config.teacher_cache_path))
-        return self._cache_holder[0] if self._cache_holder else None
+        cache = self._cache_holder[0]
+        if cache.device != device:
+            cache.to(device)
+        return cache
 
     def initialize_from_teacher(self) -> None:
         """Copy the teacher's encoder and velocity network: the student starts as one-step Euler CFM."""
@@ -103,19 +110,13 @@ class ImleStudentPolicy(FlowstepBasePolicy):
 
     # --- generation -----------------------------------------------------------------------------
 
-    def sample_noise(self, n: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
-        if self.config.objective == "regression":
-            return torch.zeros(n, self.config.horizon, self.config.action_dim, device=device)
-        return super().sample_noise(n, device, generator)
-
     def generate(self, cond: Tensor, noise: Tensor) -> Tensor:
         t0 = torch.zeros(noise.shape[0], device=noise.device, dtype=noise.dtype)
         return noise + self.generator(noise, t0, cond)
 
     def _chunk_from_cond(self, cond: Tensor, noise: Tensor | None = None) -> Tensor:
         candidates = self.config.num_inference_candidates
-        # The regression baseline is deterministic: its candidates would all be the same chunk.
-        if candidates == 1 or noise is not None or self.config.objective == "regression":
+        if candidates == 1 or noise is not None:
             return super()._chunk_from_cond(cond, noise)
         samples = self.sample({}, num_samples=candidates, cond=cond)  # (B, L, H, A), one batched forward pass
         previous = self._last_chunk
@@ -132,20 +133,12 @@ class ImleStudentPolicy(FlowstepBasePolicy):
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
         actions = batch[ACTION]
         mask = ~batch["action_is_pad"] if "action_is_pad" in batch else None
-        if self.config.objective == "regression":
-            prediction = self.predict_chunk_with_grad(batch)
-            error = ((prediction - actions) ** 2).mean(-1)
-            loss = error.mean() if mask is None else (error * mask).sum() / mask.sum().clamp(min=1)
-            info = {"l2_loss": loss.item()}
-            self.check_loss(info["l2_loss"], batch)
-            return loss, info
-
         if self.config.init_from_teacher and self.training and not self._teacher_copy_checked:
             # The buffer is read once per process (a device sync), not at every step: it only changes here.
             if not bool(self.initialized_from_teacher):
                 self.initialize_from_teacher()
             self._teacher_copy_checked = True
-        targets = self.teacher_targets(batch)
+        targets, missing = self.teacher_targets(batch)
         if self.config.include_dataset_action:
             targets = torch.cat([targets, actions[:, None].to(targets.dtype)], dim=1)
 
@@ -156,33 +149,37 @@ class ImleStudentPolicy(FlowstepBasePolicy):
         noise = self.sample_noise(b * c * k, cond.device).to(cond.dtype)
         candidates = self.generate(cond.repeat_interleave(c * k, dim=0), noise)
         candidates = candidates.reshape(b, c, k, self.config.horizon, -1)
-        loss, info = imle_chamfer_objective(
+        loss, stats = imle_chamfer_objective(
             targets, candidates, mask, self.config.coverage_weight, self.config.fidelity_weight
         )
-        self.check_loss(info["chamfer_loss"], batch)
+        if missing is None:
+            return loss, self.training_info(stats, batch)
+        # The cache's missing-frame count rides on the same host readback as the logged values.
+        info = self.training_info({**stats, "uncached_frames": missing.sum()}, batch)
+        if info.pop("uncached_frames"):
+            raise self.teacher_cache.missing_frames_error(batch["index"])
         return loss, info
 
-    def predict_chunk_with_grad(self, batch: dict[str, Tensor]) -> Tensor:
-        cond = self.encode(batch)
-        return self.generate(cond, self.sample_noise(cond.shape[0], cond.device).to(cond.dtype))
-
     @torch.no_grad()
-    def teacher_targets(self, batch: dict[str, Tensor]) -> Tensor:
-        """M teacher chunks per observation (B, M, H, A): from the cache when configured, else sampled."""
+    def teacher_targets(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+        """M teacher chunks per observation (B, M, H, A), and from the cache also which rows it lacks (B,)
+        (their chunks are placeholders): from the cache when configured, else sampled."""
         cache = self.teacher_cache
         if cache is not None:
             if "index" not in batch:
                 raise KeyError("teacher_cache_path is set but the batch has no 'index' (dataset frame index).")
-            samples = cache.lookup(batch["index"]).to(batch[ACTION].device)
             m = self.config.num_teacher_samples
-            if samples.shape[1] < m:
+            if cache.num_samples < m:
                 raise ValueError(
-                    f"The teacher cache holds {samples.shape[1]} samples per frame, fewer than num_teacher_samples={m}."
+                    f"The teacher cache holds {cache.num_samples} samples per frame, fewer than "
+                    f"num_teacher_samples={m}."
                 )
-            return samples[:, :m]
-        return self.teacher.sample(
+            samples, missing = cache.lookup(batch["index"])
+            return samples[:, :m], missing
+        samples = self.teacher.sample(
             batch,
             self.config.num_teacher_samples,
             num_steps=self.config.teacher_num_inference_steps,
             solver=self.config.teacher_ode_solver,
         )
+        return samples, None

@@ -1,79 +1,47 @@
-"""Teacher samples computed once per dataset frame, for distillation without the teacher in the loop.
+"""Teacher samples computed once per dataset frame, for distillation without the teacher in the loop: the
+file format, its reader and its writer.
 
 Drawing M samples with N ODE steps for every observation of every batch dominates online distillation;
 the samples of a frame do not change during distillation, so they are drawn once (with as many steps
-and as accurate a solver as one likes) and looked up by the dataset's global frame `index`.
-The file is safetensors: `samples` (num_frames, M, horizon, action_dim) in the teacher's normalized
-action space and `index` (num_frames,), with the settings that made it in the metadata.
+and as accurate a solver as one likes, by `lerobot_flowstep.tools.cache_teacher`) and looked up by the
+dataset's global frame `index`. The file is safetensors: `samples` (num_frames, M, horizon, action_dim) in
+the teacher's normalized action space and `index` (num_frames,), with the settings that made it in the
+metadata (`cache_metadata`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
-from lerobot.policies.factory import make_pre_post_processors
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
-from tqdm import tqdm
-
-from lerobot_flowstep.policies.flowstep_teacher.modeling_flowstep_teacher import FlowstepTeacherPolicy
-from lerobot_flowstep.tools.training import delta_timestamps
 
 
-class TeacherCache:
-    """Lookup of cached teacher samples by dataset frame index."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"No teacher cache at {self.path} (teacher_cache_path).")
-        with safe_open(str(self.path), framework="pt") as f:
-            self.metadata = f.metadata() or {}
-            self.samples = f.get_tensor("samples")
-            index = f.get_tensor("index")
-        self._row = torch.full((int(index.max()) + 1,), -1, dtype=torch.long)
-        self._row[index] = torch.arange(len(index))
-
-    @property
-    def num_samples(self) -> int:
-        return self.samples.shape[1]
-
-    def lookup(self, index: Tensor) -> Tensor:
-        """Samples (B, M, horizon, action_dim) for global frame indices (B,)."""
-        index = index.long().cpu()
-        rows = torch.where(index < len(self._row), self._row[index.clamp(max=len(self._row) - 1)], -1)
-        if bool((rows < 0).any()):
-            missing = index[rows < 0][:5].tolist()
-            raise KeyError(
-                f"Frames {missing} are not in the teacher cache {self.path}; was it built for this dataset "
-                f"({self.metadata.get('repo_id')} at {self.metadata.get('root')})?"
-            )
-        return self.samples[rows]
+def read_cache_metadata(path: str | Path) -> dict[str, str]:
+    """The settings a cache was made with (teacher, samples, steps, solver, dataset), without its tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No teacher cache at {path} (teacher_cache_path).")
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata() or {}
 
 
-@torch.no_grad()
-def sample_teacher(
-    teacher: FlowstepTeacherPolicy,
-    batches: Iterable[dict[str, Tensor]],
-    num_samples: int,
-    num_steps: int,
-    solver: str,
-    seed: int = 0,
-) -> tuple[Tensor, Tensor]:
-    """Teacher chunks for preprocessed batches that carry the dataset's `index`: (samples, index)."""
-    generator = torch.Generator(device=next(teacher.parameters()).device).manual_seed(seed)
-    samples, indices = [], []
-    for batch in batches:
-        indices.append(batch["index"].long().cpu())
-        chunk = teacher.sample(batch, num_samples, generator=generator, num_steps=num_steps, solver=solver)
-        samples.append(chunk.cpu())
-    return torch.cat(samples).contiguous(), torch.cat(indices)
+def cache_metadata(
+    horizon: int, action_dim: int, teacher_path: str, num_samples: int, num_steps: int, solver: str, seed: int
+) -> dict[str, str]:
+    """The metadata `read_cache_metadata` returns, for a cache about to be written."""
+    return {
+        "teacher_path": str(teacher_path),
+        "num_samples": str(num_samples),
+        "num_steps": str(num_steps),
+        "solver": solver,
+        "seed": str(seed),
+        "config": json.dumps({"horizon": horizon, "action_dim": action_dim}),
+    }
 
 
 def write_teacher_cache(samples: Tensor, index: Tensor, output: Path, metadata: dict[str, str]) -> Path:
@@ -89,67 +57,48 @@ def write_teacher_cache(samples: Tensor, index: Tensor, output: Path, metadata: 
     return output
 
 
-def cache_metadata(
-    teacher: FlowstepTeacherPolicy, teacher_path: str, num_samples: int, num_steps: int, solver: str, seed: int
-) -> dict[str, str]:
-    return {
-        "teacher_path": str(teacher_path),
-        "num_samples": str(num_samples),
-        "num_steps": str(num_steps),
-        "solver": solver,
-        "seed": str(seed),
-        "config": json.dumps({"horizon": teacher.config.horizon, "action_dim": teacher.config.action_dim}),
-    }
+class TeacherCache:
+    """Lookup of cached teacher samples by dataset frame index, on one device (`to`)."""
 
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.metadata = read_cache_metadata(self.path)
+        with safe_open(str(self.path), framework="pt") as f:
+            self.samples = f.get_tensor("samples")
+            index = f.get_tensor("index")
+        # Row of each frame index, -1 where the cache has none; a dense table makes a lookup one gather.
+        self._row = torch.full((int(index.max()) + 1,), -1, dtype=torch.long)
+        self._row[index] = torch.arange(len(index))
 
-def cache_from_samples(
-    teacher: FlowstepTeacherPolicy,
-    teacher_path: str,
-    samples: dict[str, Tensor],
-    output: Path,
-    num_samples: int,
-    num_steps: int,
-    solver: str,
-    seed: int = 0,
-    batch_size: int = 512,
-    extra_metadata: dict[str, str] | None = None,
-) -> Path:
-    """The cache for dataset samples already in memory (`training.load_samples`), e.g. in the demo."""
-    preprocessor, _ = make_pre_post_processors(teacher.config, pretrained_path=str(teacher_path))
-    processed = preprocessor(dict(samples))
-    frames = len(samples["index"])
-    batches = (
-        {k: v[i : i + batch_size] for k, v in processed.items() if isinstance(v, Tensor) and len(v) == frames}
-        for i in tqdm(range(0, frames, batch_size), desc=f"teacher samples ({num_samples} x {num_steps} {solver})")
-    )
-    cached, index = sample_teacher(teacher, batches, num_samples, num_steps, solver, seed)
-    metadata = {**cache_metadata(teacher, teacher_path, num_samples, num_steps, solver, seed), **(extra_metadata or {})}
-    return write_teacher_cache(cached, index, output, metadata)
+    @property
+    def num_samples(self) -> int:
+        return self.samples.shape[1]
 
+    @property
+    def device(self) -> torch.device:
+        return self.samples.device
 
-def build_teacher_cache(
-    teacher_path: str,
-    repo_id: str,
-    root: Path,
-    output: Path,
-    num_samples: int = 16,
-    num_steps: int = 20,
-    solver: str = "heun",
-    batch_size: int = 256,
-    seed: int = 0,
-    device: str = "cpu",
-) -> Path:
-    """Draw `num_samples` teacher chunks for every frame of the dataset at `root` and write them to `output`."""
-    output = Path(output)
-    if output.exists():
-        raise FileExistsError(f"{output} exists; remove it or choose another --output.")
-    teacher = FlowstepTeacherPolicy.from_pretrained(teacher_path).to(device).eval()
-    preprocessor, _ = make_pre_post_processors(teacher.config, pretrained_path=str(teacher_path))
-    deltas = delta_timestamps(teacher.config, LeRobotDatasetMetadata(repo_id, root=root))
-    dataset = LeRobotDataset(repo_id, root=root, delta_timestamps=deltas)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-    desc = f"teacher samples ({num_samples} x {num_steps} {solver} steps)"
-    batches = (preprocessor(batch) for batch in tqdm(loader, desc=desc, unit="batch"))
-    samples, index = sample_teacher(teacher, batches, num_samples, num_steps, solver, seed)
-    metadata = cache_metadata(teacher, teacher_path, num_samples, num_steps, solver, seed)
-    return write_teacher_cache(samples, index, output, {**metadata, "repo_id": repo_id, "root": str(root)})
+    def to(self, device: torch.device | str) -> TeacherCache:
+        self.samples = self.samples.to(device)
+        self._row = self._row.to(device)
+        return self
+
+    def lookup(self, index: Tensor) -> tuple[Tensor, Tensor]:
+        """Samples (B, M, horizon, action_dim) for global frame indices (B,), and which of them the cache lacks
+        (B,) bool; those rows hold another frame's samples. Nothing is read back to the host, so the caller
+        decides when to look at `missing` (`missing_frames_error`)."""
+        index = index.to(self._row.device, torch.long)
+        last = len(self._row) - 1
+        rows = self._row[index.clamp(0, last)]
+        missing = (rows < 0) | (index > last) | (index < 0)
+        return self.samples[rows.clamp(min=0)], missing
+
+    def missing_frames_error(self, index: Tensor) -> KeyError:
+        """The error for a batch with frames the cache lacks, naming up to five of them and the dataset the
+        cache was built for."""
+        _, missing = self.lookup(index)
+        frames = index.reshape(-1)[missing.to(index.device)][:5].tolist()
+        return KeyError(
+            f"Frames {frames} are not in the teacher cache {self.path}; was it built for this dataset "
+            f"({self.metadata.get('repo_id')} at {self.metadata.get('root')})?"
+        )

@@ -1,0 +1,25 @@
+"""Loading a saved checkpoint the way `lerobot-eval --policy.path=...` does, for the tools and benchmarks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lerobot.configs import PreTrainedConfig
+from lerobot.policies.factory import get_policy_class, make_pre_post_processors
+from lerobot.policies.pretrained import PreTrainedPolicy
+from lerobot.processor import PolicyProcessorPipeline
+
+
+def load_checkpoint(
+    checkpoint: str | Path, device: str = "cpu", **overrides: Any
+) -> tuple[PreTrainedPolicy, PolicyProcessorPipeline, PolicyProcessorPipeline]:
+    """Policy, preprocessor and postprocessor from a checkpoint folder, with config fields overridden
+    (e.g. `num_inference_steps=1`). Weights load strictly: a key missing or left over is an error here."""
+    config = PreTrainedConfig.from_pretrained(checkpoint)
+    for name, value in overrides.items():
+        setattr(config, name, value)
+    config.device = device
+    policy = get_policy_class(config.type).from_pretrained(checkpoint, config=config, strict=True)
+    preprocessor, postprocessor = make_pre_post_processors(config, pretrained_path=str(checkpoint))
+    return policy, preprocessor, postprocessor
