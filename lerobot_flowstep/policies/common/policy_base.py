@@ -52,6 +52,10 @@ class FlowstepBasePolicy(PreTrainedPolicy):
         self._training_steps = 0
         self.reset()
 
+    def get_optim_params(self):
+        # The teacher a student distils is held outside the module tree, so every parameter here is trained.
+        return self.parameters()
+
     # --- observation handling -------------------------------------------------------------------
 
     def reset(self) -> None:

@@ -27,9 +27,6 @@ class FlowstepRegressionPolicy(FlowstepBasePolicy):
         super().__init__(config, **kwargs)
         self.generator = make_chunk_network(config.network, config.horizon, config.action_dim, self.encoder.cond_dim)
 
-    def get_optim_params(self):
-        return self.parameters()
-
     def sample_noise(self, n: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
         return torch.zeros(n, self.config.horizon, self.config.action_dim, device=device)
 

@@ -20,9 +20,6 @@ class FlowstepTeacherPolicy(FlowstepBasePolicy):
         super().__init__(config, **kwargs)
         self.velocity = make_chunk_network(config.network, config.horizon, config.action_dim, self.encoder.cond_dim)
 
-    def get_optim_params(self):
-        return self.parameters()
-
     def generate(self, cond: Tensor, noise: Tensor, num_steps: int | None = None, solver: str | None = None) -> Tensor:
         return integrate(
             lambda x, t: self.velocity(x, t, cond),

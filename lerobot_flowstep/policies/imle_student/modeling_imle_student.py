@@ -63,9 +63,6 @@ class ImleStudentPolicy(FlowstepBasePolicy):
             if teacher_config is not None:
                 check_teacher_compatibility(config, teacher_config)
 
-    def get_optim_params(self):
-        return self.parameters()
-
     # --- the teacher, loaded on first use -------------------------------------------------------
 
     @property
