@@ -9,6 +9,7 @@ from pathlib import Path
 from lerobot_flowstep.core.flow_matching import SOLVERS
 from lerobot_flowstep.datasets.zarr_cli import add_convert_zarr_parser
 from lerobot_flowstep.hub.cli import add_hub_parsers
+from lerobot_flowstep.metaworld.cli import add_generate_metaworld_parser
 from lerobot_flowstep.rlbench.cli import add_convert_rlbench_parser
 
 
@@ -103,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--overwrite", action="store_true")
     gen.set_defaults(func=_generate)
+
+    add_generate_metaworld_parser(sub)
 
     convert = sub.add_parser("convert", help="third-party demonstrations -> LeRobotDataset v3")
     convert_sub = convert.add_subparsers(dest="format", required=True)

@@ -24,7 +24,7 @@ from rlbench_fixtures import Demo, Observation, encode_depth, rlbench_modules, w
 
 from lerobot_flowstep.constants import OBS_POINTCLOUD, depth_key, extrinsics_key, intrinsics_key, rgb_key
 from lerobot_flowstep.core.geometry import depth_to_world_points, flip_negative_focal
-from lerobot_flowstep.processor.pointcloud import PointCloudProcessorStep
+from lerobot_flowstep.processor.pointcloud import PointCloudProcessorStep, fused_pointclouds
 from lerobot_flowstep.rlbench import geometry_check
 from lerobot_flowstep.rlbench.cli import add_convert_rlbench_parser
 from lerobot_flowstep.rlbench.conventions import (
@@ -33,7 +33,6 @@ from lerobot_flowstep.rlbench.conventions import (
     TARGET_COLUMN,
     VARIATION_COLUMN,
     decode_depth,
-    fused_pointclouds,
     opencv_camera,
     rlbench_pointcloud_config,
 )

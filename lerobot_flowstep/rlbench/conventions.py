@@ -127,29 +127,3 @@ def rlbench_pointcloud_config(
         bounds_high=list(bounds_high),
         **kwargs,
     )
-
-
-def fused_pointclouds(
-    depths: Sequence[np.ndarray],
-    intrinsics: Sequence[np.ndarray],
-    extrinsics: Sequence[np.ndarray],
-    pointcloud: PointCloudConfig,
-    colors: Sequence[np.ndarray] | None = None,
-    empty_fill: Sequence[float] | None = None,
-) -> np.ndarray:
-    """(T, num_points, 3 or 6) float32 clouds from per-camera depths (T, H, W) metres, OpenCV intrinsics
-    (T, 3, 3), camera-to-world extrinsics (T, 4, 4) and optional colours (T, H, W, 3) uint8: numpy in and out
-    around `PointCloudConfig.fuse`, the processor step's own function. A frame with no point inside the
-    bounds raises, unless `empty_fill` is given (see `geometry.fuse_pointcloud`)."""
-
-    def tensor(array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-
-    clouds = pointcloud.fuse(
-        [tensor(d) for d in depths],
-        [tensor(k) for k in intrinsics],
-        [tensor(t) for t in extrinsics],
-        colors=[tensor(c).permute(0, 3, 1, 2) / 255.0 for c in colors] if colors is not None else None,
-        empty_fill=empty_fill,
-    )
-    return clouds.numpy().astype(np.float32, copy=False)

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from lerobot_flowstep.constants import OBS_POINTCLOUD, depth_key, extrinsics_key, intrinsics_key, rgb_key
 from lerobot_flowstep.datasets.atomic import atomic_lerobot_dataset, check_destination
-from lerobot_flowstep.processor.pointcloud import PointCloudConfig
+from lerobot_flowstep.processor.pointcloud import PointCloudConfig, fused_pointclouds
 from lerobot_flowstep.rlbench.conventions import (
     ACTION_MODES,
     ACTION_NAMES,
@@ -47,7 +47,6 @@ from lerobot_flowstep.rlbench.conventions import (
     TARGET_COLUMN,
     VARIATION_COLUMN,
     check_cameras,
-    fused_pointclouds,
 )
 from lerobot_flowstep.rlbench.demo_files import (
     EpisodeArrays,

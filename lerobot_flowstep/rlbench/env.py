@@ -48,6 +48,7 @@ from lerobot.utils.constants import ACTION, OBS_STATE
 
 from lerobot_flowstep.constants import OBS_POINTCLOUD
 from lerobot_flowstep.envs.configs import add_camera_features
+from lerobot_flowstep.processor.pointcloud import fused_pointclouds
 from lerobot_flowstep.rlbench.conventions import (
     DEFAULT_BOUNDS_HIGH,
     DEFAULT_BOUNDS_LOW,
@@ -56,7 +57,6 @@ from lerobot_flowstep.rlbench.conventions import (
     RLBENCH_CAMERAS,
     STATE_NAMES,
     canonical_quaternion,
-    fused_pointclouds,
     opencv_camera,
     proprio_state,
     rlbench_pointcloud_config,

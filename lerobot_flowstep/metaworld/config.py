@@ -1,0 +1,80 @@
+"""LeRobot env type `flowstep_metaworld`: `lerobot-eval --env.type=flowstep_metaworld --env.task=push-v3`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gymnasium.envs.registration import register, registry
+from lerobot.configs import FeatureType, PolicyFeature
+from lerobot.envs.configs import EnvConfig
+from lerobot.utils.constants import ACTION, OBS_STATE
+
+from lerobot_flowstep.envs.configs import add_camera_features
+from lerobot_flowstep.metaworld.env import ACTION_DIM, DEFAULT_CAMERAS, METAWORLD_GYM_ID, STATE_NAMES
+from lerobot_flowstep.metaworld.tasks import metaworld_task
+
+# Module reloads (tests, notebooks) re-run this file; gymnasium warns and overrides on re-registration.
+if METAWORLD_GYM_ID not in registry:
+    register(id=METAWORLD_GYM_ID, entry_point="lerobot_flowstep.metaworld.env:MetaworldRGBDEnv", max_episode_steps=200)
+
+KNOWN_CAMERAS = ("topview", "corner", "corner2", "corner3", "corner4", "behindGripper", "gripperPOV")
+
+
+@EnvConfig.register_subclass("flowstep_metaworld")
+@dataclass
+class MetaworldEnvConfig(EnvConfig):
+    """A MetaWorld task with RGB-D cameras (see `lerobot_flowstep.metaworld.env`).
+
+    `cameras` and `image_size` must match the dataset the policy was trained on (`lerobot-flowstep generate
+    metaworld`). `episode_length` is 200 as in DP3's evaluations; MetaWorld's experts need 47-123 steps on
+    average, a few episodes up to ~250.
+    """
+
+    task: str | None = "push-v3"
+    fps: int = 80
+    episode_length: int = 200
+    cameras: list[str] = field(default_factory=lambda: list(DEFAULT_CAMERAS))
+    image_size: int = 128
+    render_mode: str = "rgb_array"
+    features: dict[str, PolicyFeature] = field(default_factory=dict)
+    features_map: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.task = metaworld_task(self.task or "").name  # unknown names fail here, listing the known ones
+        unknown = [c for c in self.cameras if c not in KNOWN_CAMERAS]
+        if unknown or not self.cameras:
+            raise ValueError(f"env.cameras must be among {list(KNOWN_CAMERAS)}, got {unknown or self.cameras}.")
+        if not 1 <= self.episode_length <= 500:
+            raise ValueError(f"env.episode_length must be in [1, 500] (MetaWorld's cap), got {self.episode_length}.")
+        if self.image_size < 8:
+            raise ValueError(f"env.image_size must be at least 8, got {self.image_size}.")
+        size = (self.image_size, self.image_size)
+        features: dict[str, PolicyFeature] = {
+            ACTION: PolicyFeature(type=FeatureType.ACTION, shape=(ACTION_DIM,)),
+            "agent_pos": PolicyFeature(type=FeatureType.STATE, shape=(len(STATE_NAMES),)),
+        }
+        features_map = {ACTION: ACTION, "agent_pos": OBS_STATE}
+        for camera in self.cameras:
+            add_camera_features(features, features_map, camera, size)
+        # Rebuilt rather than merged so that draccus-parsed or copied configs never keep stale entries.
+        self.features = features
+        self.features_map = features_map
+
+    @property
+    def package_name(self) -> str:
+        return "lerobot_flowstep"
+
+    @property
+    def gym_id(self) -> str:
+        return METAWORLD_GYM_ID
+
+    @property
+    def gym_kwargs(self) -> dict:
+        return {
+            "task": self.task,
+            "cameras": list(self.cameras),
+            "image_size": self.image_size,
+            "render_mode": self.render_mode,
+            # Consumed by gym.make, which wraps the env in a TimeLimit of this length.
+            "max_episode_steps": self.episode_length,
+        }
