@@ -2,12 +2,15 @@
 
     uv run python benchmarks/envs.py --threads 1
 
+MetaWorld rows need the `metaworld` extra; they are left out without it.
+
 Prints, per env, the median time of one call over `--repeats` calls after a warm-up, as JSON lines.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import time
@@ -37,6 +40,28 @@ def obstacle_render(image_size: int, repeats: int) -> dict:
     return {"env": "flowstep_obstacle", "what": f"render RGB-D {image_size}x{image_size}", "median_ms": round(ms, 3)}
 
 
+def metaworld_step(cameras: list[str], image_size: int, repeats: int) -> dict:
+    """One `flowstep_metaworld` step with the expert's action: physics, then RGB-D of every camera."""
+    from lerobot_flowstep.metaworld.env import MetaworldRGBDEnv
+
+    env = MetaworldRGBDEnv("push-v3", cameras=cameras, image_size=image_size)
+    env.reset(seed=0)
+
+    def step(i: int) -> None:
+        if i % 100 == 0:
+            env.reset(seed=i)
+        env.step(env.expert_action())
+
+    ms = median_ms(step, repeats)
+    env.close()
+    size = f"{image_size}x{image_size}"
+    return {
+        "env": "flowstep_metaworld",
+        "what": f"step, RGB-D {size} of {'+'.join(cameras)}",
+        "median_ms": round(ms, 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=200)
@@ -46,6 +71,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     for row in (obstacle_render(64, args.repeats), obstacle_render(128, args.repeats)):
         print(json.dumps(row))
+    if importlib.util.find_spec("metaworld") is None:
+        print(json.dumps({"env": "flowstep_metaworld", "skipped": "the metaworld extra is not installed"}))
+        return
+    for cameras, size in ((["corner2"], 128), (["corner2"], 84), (["corner2", "corner3"], 128)):
+        print(json.dumps(metaworld_step(cameras, size, args.repeats)))
 
 
 if __name__ == "__main__":

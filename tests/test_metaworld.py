@@ -230,3 +230,20 @@ def test_lerobot_eval_runs_the_env_in_a_subprocess(dataset_root, tmp_path):
     info = json.loads((output_dir / "eval_info.json").read_text())
     assert info["overall"]["n_episodes"] == 1
     assert info["per_task"][0]["metrics"]["successes"] == [False]  # an untrained policy, five steps
+
+
+def test_in_memory_samples_keep_only_the_policy_s_inputs(dataset_root):
+    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
+
+    from lerobot_flowstep.policies.flowstep_teacher.configuration_flowstep_teacher import FlowstepTeacherConfig
+    from lerobot_flowstep.tools.training import load_samples
+
+    meta = LeRobotDatasetMetadata("local/metaworld_push", root=dataset_root)
+    config = FlowstepTeacherConfig(horizon=8, n_action_steps=4)
+    with pytest.raises(ValueError, match="holds camera features"):
+        load_samples("local/metaworld_push", dataset_root, config, meta)
+    keys = {"observation.state", "observation.pointcloud"}
+    samples = load_samples("local/metaworld_push", dataset_root, config, meta, observation_keys=keys)
+    assert {k for k in samples if k.startswith("observation.")} == keys
+    assert samples["observation.pointcloud"].shape == (meta.total_frames, 2, 64, 3)
+    assert samples["action"].shape == (meta.total_frames, 8, 4) and "action_is_pad" in samples

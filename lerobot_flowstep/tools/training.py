@@ -10,6 +10,7 @@ belong to `lerobot-train`, which this module does not replace.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -23,19 +24,33 @@ from torch import Tensor
 from tqdm import trange
 
 
-def load_samples(repo_id: str, root: Path, config: PreTrainedConfig, meta: LeRobotDatasetMetadata) -> dict[str, Tensor]:
-    """Every training sample of the dataset, stacked: {key: (num_frames, ...)}."""
+def load_samples(
+    repo_id: str,
+    root: Path,
+    config: PreTrainedConfig,
+    meta: LeRobotDatasetMetadata,
+    observation_keys: Collection[str] | None = None,
+) -> dict[str, Tensor]:
+    """Every training sample of the dataset, stacked: {key: (num_frames, ...)}.
+
+    `observation_keys`: keep only these observation features (the policy's inputs), so that a camera dataset
+    fits in memory; without it, a dataset with cameras is refused.
+    """
     dataset = LeRobotDataset(repo_id, root=root, delta_timestamps=resolve_delta_timestamps(config, meta))
-    if dataset.meta.camera_keys:
+    if dataset.meta.camera_keys and observation_keys is None:
         raise ValueError(
-            f"{root} holds camera features {dataset.meta.camera_keys}; in-memory training is for small "
-            "low-dimensional datasets. Train image datasets with lerobot-train."
+            f"{root} holds camera features {dataset.meta.camera_keys}; in-memory training is for small datasets. "
+            "Name the observation features to keep (observation_keys), or train with lerobot-train."
         )
+
+    def kept(key: str) -> bool:
+        return observation_keys is None or not key.startswith("observation.") or key in observation_keys
+
     loader = torch.utils.data.DataLoader(dataset, batch_size=256, shuffle=False, num_workers=0)
     chunks: dict[str, list[Tensor]] = {}
     for batch in loader:
         for key, value in batch.items():
-            if isinstance(value, Tensor):
+            if isinstance(value, Tensor) and kept(key):
                 chunks.setdefault(key, []).append(value)
     return {key: torch.cat(values) for key, values in chunks.items()}
 

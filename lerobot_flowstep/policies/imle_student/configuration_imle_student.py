@@ -14,8 +14,10 @@ from lerobot_flowstep.core.flow_matching import SOLVERS
 from lerobot_flowstep.policies.common.config_base import FlowstepBaseConfig
 
 # What the student copies from its teacher, so that both see the same observations, predict the same
-# chunks and share one normalization.
+# chunks and share one normalization. `input_features` included: a teacher trained on a subset of the
+# dataset's features (e.g. the point cloud without the images) has a student that sees that subset.
 INHERITED_FIELDS = (
+    "input_features",
     "n_obs_steps",
     "horizon",
     "n_action_steps",
@@ -113,6 +115,8 @@ class ImleStudentConfig(FlowstepBaseConfig):
         if self.teacher_path and self.inherit_teacher_config and not self.teacher_config_inherited:
             teacher = load_teacher_config(self.teacher_path)
             for name in INHERITED_FIELDS:
+                if name == "input_features" and not teacher.input_features:
+                    continue  # a teacher config saved before features were known leaves them to the dataset
                 setattr(self, name, copy.deepcopy(getattr(teacher, name)))
             self.teacher_config_inherited = True
         super().__post_init__()

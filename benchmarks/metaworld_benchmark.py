@@ -1,0 +1,318 @@
+"""MetaWorld: the CFM teacher and the IMLE student on point cloud + state and on RGB + point cloud + state,
+against one-step CFM and LeRobot's diffusion policy on RGB + state, at one training budget.
+
+Per task:
+1. `lerobot-flowstep generate-metaworld`: `--episodes` successful expert demonstrations (DP3 uses 10), with the
+   fused 512-point cloud of corner2 stored per frame;
+2. `lerobot-train` from `configs/metaworld/<method>.json` (written out per run with this run's task, image
+   size, steps, batch size and device; the exact file is kept beside the checkpoint): the two teachers, the
+   two students distilled from them, and diffusion;
+3. `lerobot-eval --env.type=flowstep_metaworld`, every method on the same seeds (`--seeds` runs of
+   `--eval-episodes` episodes), plus one-step CFM (each teacher with `--policy.num_inference_steps=1`, so at
+   the teachers' own training budget); chunk latency at batch 1 on a dataset frame.
+
+Every stage skips work whose output exists (datasets, checkpoints, `eval_info.json`, latency files), so an
+interrupted run resumes where it stopped. Results go to `<output>/results.json`, `results.md` and
+`metaworld.png`.
+
+    uv run python benchmarks/metaworld_benchmark.py --tasks button-press-v3 drawer-open-v3 --device cuda
+    uv run python benchmarks/metaworld_benchmark.py --tasks button-press-v3 --image-size 64 --steps 2000 \\
+        --batch-size 32 --eval-episodes 20 --seeds 1 --vision-backbone conv --network mlp     # a CPU budget
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from lerobot_flowstep.metaworld.demos import (  # noqa: E402
+    WORKSPACE_HIGH,
+    WORKSPACE_LOW,
+    generate_metaworld_dataset,
+    metaworld_pointcloud_config,  # noqa: E402
+)
+from lerobot_flowstep.metaworld.tasks import metaworld_task  # noqa: E402
+from lerobot_flowstep.tools.lerobot_commands import last_checkpoint, lerobot_eval, lerobot_train  # noqa: E402
+from lerobot_flowstep.tools.statistics import wilson_interval  # noqa: E402
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "metaworld"
+TRAINED = ("teacher_pc", "teacher_rgbpc", "student_pc", "student_rgbpc", "diffusion")
+# Row name -> (checkpoint it evaluates, lerobot-eval policy overrides).
+ROWS = {
+    "teacher (pc + state)": ("teacher_pc", []),
+    "student (pc + state)": ("student_pc", []),
+    "1-step CFM (pc + state)": ("teacher_pc", ["--policy.num_inference_steps=1"]),
+    "teacher (rgb + pc + state)": ("teacher_rgbpc", []),
+    "student (rgb + pc + state)": ("student_rgbpc", []),
+    "1-step CFM (rgb + pc + state)": ("teacher_rgbpc", ["--policy.num_inference_steps=1"]),
+    "diffusion DDIM-10 (rgb + state)": ("diffusion", []),
+}
+# Published success (%) by MetaWorld difficulty group: DP3 paper Table I (10 demos, 3 seeds, mean of the 5 best
+# of evaluations every 200 epochs), as quoted in ../shared/notes/metaworld.md.
+PUBLISHED = {
+    "DP3 (Ze et al. 2024)": {"easy": 90.9, "medium": 61.6, "hard": 31.7, "very_hard": 49.0},
+    "Diffusion Policy, images (in DP3's Table I)": {"easy": 83.6, "medium": 31.1, "hard": 9.0, "very_hard": 26.6},
+}
+
+
+def run_config(method: str, task: str, data: Path, run_dir: Path, args: argparse.Namespace) -> Path:
+    """The method's config file with this run's task, data, sizes and budget; written beside the checkpoint."""
+    cfg = json.loads((CONFIGS / f"{method}.json").read_text())
+    slug = task.removesuffix("-v3").replace("-", "_")
+    cfg["dataset"] = {"repo_id": f"local/metaworld_{slug}", "root": str(data)}
+    cfg["env"].update(task=task, image_size=args.image_size)
+    cfg["output_dir"] = str(run_dir / "train")
+    cfg["job_name"] = f"metaworld_{slug}_{method}"
+    cfg.update(steps=args.steps, batch_size=args.batch_size, save_freq=args.steps, num_workers=args.num_workers)
+    cfg["log_freq"] = max(1, min(200, args.steps // 10))
+    policy = cfg["policy"]
+    policy["device"] = args.device
+    for key, feature in policy.get("input_features", {}).items():
+        if key.startswith(("observation.images.", "observation.depth.")):
+            feature["shape"] = [feature["shape"][0], args.image_size, args.image_size]
+    if policy["type"] == "diffusion":
+        policy["crop_shape"] = [int(args.image_size * 0.875)] * 2
+        if args.network == "mlp":  # the CPU budget: LeRobot's smallest sensible U-Net
+            policy["down_dims"] = [64, 128, 256]
+    elif policy["type"] == "flowstep_teacher":
+        policy["encoder"]["vision_backbone"] = args.vision_backbone
+        policy["network"]["type"] = args.network
+    else:  # the student inherits encoder and network from its teacher
+        policy["teacher_path"] = str(last_checkpoint(run_dir.parent / method.replace("student", "teacher") / "train"))
+    path = run_dir / "train_config_input.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cfg, indent=2) + "\n")
+    return path
+
+
+def train(method: str, task: str, data: Path, task_dir: Path, args: argparse.Namespace, timings: dict) -> Path:
+    run_dir = task_dir / method
+    try:
+        return last_checkpoint(run_dir / "train")
+    except FileNotFoundError:
+        pass
+    config = run_config(method, task, data, run_dir, args)
+    start = time.perf_counter()
+    if args.trainer == "lerobot-train":
+        lerobot_train([f"--config_path={config}"], run_dir / "train.log", args.steps, f"{task} {method}")
+    else:
+        train_in_memory(config, run_dir / "train" / "checkpoints" / "last", f"{task} {method}")
+    timings[f"{task}/{method}"] = round(time.perf_counter() - start, 1)
+    return last_checkpoint(run_dir / "train")
+
+
+def train_in_memory(config: Path, output: Path, desc: str) -> Path:
+    """The same config trained from samples read once through `LeRobotDataset` (`tools/training.py`): on a CPU,
+    `lerobot-train` spends most of a step decoding frames. Only the policy's own inputs are kept in memory."""
+    from lerobot.configs.train import TrainPipelineConfig
+    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
+
+    from lerobot_flowstep.tools.training import load_samples, train_policy_on_dataset
+
+    cfg = TrainPipelineConfig.from_pretrained(config, cli_args=[])
+    root = Path(cfg.dataset.root)
+    meta = LeRobotDatasetMetadata(cfg.dataset.repo_id, root=root)
+    samples = load_samples(cfg.dataset.repo_id, root, cfg.policy, meta, set(cfg.policy.input_features))
+    _, checkpoint, _ = train_policy_on_dataset(
+        cfg.policy, cfg.dataset.repo_id, root, output, cfg.steps, cfg.batch_size, cfg.seed, desc, samples
+    )
+    return checkpoint
+
+
+def evaluate(row: str, checkpoint: Path, overrides: list[str], task: str, task_dir: Path, args) -> list[bool]:
+    successes = []
+    for seed in range(args.seeds):
+        # Far from the demonstration seeds (0, 1, ...), the same for every method.
+        eval_seed = 100_000 + 1_000 * seed
+        out = task_dir / "eval" / row.replace(" ", "_").replace("(", "").replace(")", "") / f"seed{eval_seed}"
+        info_file = out / "eval_info.json"
+        if not info_file.is_file():
+            lerobot_eval(
+                [
+                    f"--policy.path={checkpoint}",
+                    f"--policy.device={args.device}",
+                    *overrides,
+                    "--env.type=flowstep_metaworld",
+                    f"--env.task={task}",
+                    f"--env.image_size={args.image_size}",
+                    f"--env.episode_length={args.episode_length}",
+                    f"--eval.n_episodes={args.eval_episodes}",
+                    f"--eval.batch_size={min(10, args.eval_episodes)}",
+                    "--eval.use_async_envs=false",
+                    f"--seed={eval_seed}",
+                ],  # fmt: skip
+                out,
+                task_dir / "eval" / f"{out.parent.name}_{eval_seed}.log",
+                f"{task} {row} seed {eval_seed}",
+            )
+        info = json.loads(info_file.read_text())
+        successes += [bool(s) for s in info["per_task"][0]["metrics"]["successes"]]
+    return successes
+
+
+def chunk_latency_ms(checkpoint: Path, overrides: list[str], data: Path, task: str, device: str, path: Path) -> dict:
+    """Median `predict_action_chunk` time at batch 1 on the dataset's first frame (stored cloud: no fusion)."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from lerobot_flowstep.tools.checkpoints import load_checkpoint
+    from lerobot_flowstep.tools.latency import chunk_latency
+
+    fields = dict(o.removeprefix("--policy.").split("=") for o in overrides)
+    policy, preprocessor, _ = load_checkpoint(checkpoint, device=device, **{k: int(v) for k, v in fields.items()})
+    slug = task.removesuffix("-v3").replace("-", "_")
+    frame = LeRobotDataset(f"local/metaworld_{slug}", root=data)[0]
+    batch = preprocessor({k: v[None] if isinstance(v, torch.Tensor) else v for k, v in frame.items()})
+    stats = chunk_latency(policy.eval(), batch, warmup=5, repeats=50).as_dict()
+    path.write_text(json.dumps(stats))
+    return stats
+
+
+def summarize(results: dict[str, dict[str, list[bool]]], latency: dict[str, float]) -> dict[str, dict]:
+    """Per row: success per task with its Wilson interval, the task average, and per difficulty group."""
+    summary = {}
+    for row, per_task in results.items():
+        tasks = {}
+        for task, successes in per_task.items():
+            k, n = sum(successes), len(successes)
+            low, high = wilson_interval(k, n)
+            tasks[task] = {"success": k / n, "low": low, "high": high, "episodes": n}
+        groups: dict[str, list[float]] = {}
+        for task, r in tasks.items():
+            groups.setdefault(metaworld_task(task).difficulty, []).append(r["success"])
+        pooled = [s for successes in per_task.values() for s in successes]
+        k, n = sum(pooled), len(pooled)
+        summary[row] = {
+            "tasks": tasks,
+            "average": float(np.mean([r["success"] for r in tasks.values()])),
+            "pooled_interval": wilson_interval(k, n),
+            "groups": {g: float(np.mean(v)) for g, v in groups.items()},
+            "chunk_latency_ms": latency.get(row),
+        }
+    return summary
+
+
+def markdown(summary: dict[str, dict], tasks: list[str]) -> str:
+    head = "| method | " + " | ".join(f"`{t}`" for t in tasks) + " | average (95 % CI, pooled) | chunk latency |"
+    lines = [head, "|" + " --- |" * (len(tasks) + 3)]
+    for row, r in summary.items():
+        cells = [f"{c['success']:.0%} [{c['low']:.0%}, {c['high']:.0%}]" for c in (r["tasks"][t] for t in tasks)]
+        low, high = r["pooled_interval"]
+        latency = f"{r['chunk_latency_ms']:.1f} ms" if r["chunk_latency_ms"] is not None else "-"
+        lines.append(f"| {row} | " + " | ".join(cells) + f" | {r['average']:.1%} [{low:.0%}, {high:.0%}] | {latency} |")
+    lines += ["", "| published (10 demos) | easy | medium | hard | very hard |", "| --- | --- | --- | --- | --- |"]
+    for name, groups in PUBLISHED.items():
+        cells = [f"{groups[g]:.1f} %" for g in ("easy", "medium", "hard", "very_hard")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict[str, dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(summary)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 0.45 * len(rows) + 1.5), sharey=True)
+    y = np.arange(len(rows))
+    averages = [summary[r]["average"] * 100 for r in rows]
+    lows = [averages[i] - summary[r]["pooled_interval"][0] * 100 for i, r in enumerate(rows)]
+    highs = [summary[r]["pooled_interval"][1] * 100 - averages[i] for i, r in enumerate(rows)]
+    left.barh(y, averages, xerr=[lows, highs], color="tab:blue", alpha=0.8)
+    left.set_xlabel("success over the tasks (%), 95 % interval")
+    left.set_xlim(0, 100)
+    latencies = [summary[r]["chunk_latency_ms"] or 0.0 for r in rows]
+    right.barh(y, latencies, color="tab:orange", alpha=0.8)
+    right.set_xscale("log")
+    right.set_xlabel("chunk latency at batch 1 (ms, log scale)")
+    left.set_yticks(y, rows)
+    left.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=["button-press-v3", "drawer-open-v3", "door-open-v3",
+                        "push-v3", "bin-picking-v3", "assembly-v3", "hand-insert-v3", "shelf-place-v3",
+                        "stick-pull-v3"])  # fmt: skip
+    parser.add_argument("--output", type=Path, default=Path("outputs/metaworld"))
+    parser.add_argument("--episodes", type=int, default=10, help="expert demonstrations per task")
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=24000, help="training steps of every trained method")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--vision-backbone", default="resnet18", choices=("resnet18", "conv"))
+    parser.add_argument("--network", default="unet", choices=("unet", "mlp"))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--trainer",
+        default="lerobot-train",
+        choices=("lerobot-train", "memory"),
+        help="memory: the same configs trained from samples held in memory (faster on a CPU)",
+    )
+    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--eval-episodes", type=int, default=20)
+    parser.add_argument("--seeds", type=int, default=3, help="evaluation runs of --eval-episodes each")
+    parser.add_argument("--episode-length", type=int, default=200)
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    args = parser.parse_args()
+
+    args.output.mkdir(parents=True, exist_ok=True)
+    timings_file = args.output / "timings.json"
+    timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
+    evaluated = {ROWS[row][0] for row in args.rows}
+    needed = evaluated | {m.replace("student", "teacher") for m in evaluated}
+    results: dict[str, dict[str, list[bool]]] = {row: {} for row in args.rows}
+    latency: dict[str, float] = {}
+    for task in args.tasks:
+        task = metaworld_task(task).name
+        task_dir = args.output / task
+        data = task_dir / "data"
+        if not (data / "meta" / "info.json").is_file():
+            start = time.perf_counter()
+            generate_metaworld_dataset(
+                data, task, num_episodes=args.episodes, image_size=args.image_size,
+                pointcloud=metaworld_pointcloud_config(num_points=512), seed=0,
+            )  # fmt: skip
+            timings[f"{task}/demos"] = round(time.perf_counter() - start, 1)
+        checkpoints = {m: train(m, task, data, task_dir, args, timings) for m in TRAINED if m in needed}
+        timings_file.write_text(json.dumps(timings, indent=2))
+        for row in args.rows:
+            method, overrides = ROWS[row]
+            results[row][task] = evaluate(row, checkpoints[method], overrides, task, task_dir, args)
+            stats = chunk_latency_ms(
+                checkpoints[method],
+                overrides,
+                data,
+                task,
+                args.device,
+                task_dir / "eval" / f"latency_{method}{'_1step' if overrides else ''}.json",
+            )
+            latency.setdefault(row, stats["median_ms"])
+    summary = summarize(results, latency)
+    machine = f"{platform.processor() or platform.machine()}, torch {torch.__version__}, device {args.device}"
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    report = {"settings": settings, "machine": machine, "timings_s": timings, "summary": summary,
+              "workspace": [WORKSPACE_LOW, WORKSPACE_HIGH]}  # fmt: skip
+    (args.output / "results.json").write_text(json.dumps(report, indent=2))
+    table = markdown(summary, [metaworld_task(t).name for t in args.tasks])
+    (args.output / "results.md").write_text(table)
+    plot(summary, args.output / "metaworld.png")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
