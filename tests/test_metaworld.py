@@ -205,7 +205,7 @@ def test_lerobot_eval_runs_the_env_in_a_subprocess(dataset_root, tmp_path):
 
     from lerobot_flowstep.metaworld.demos import metaworld_pointcloud_config
     from lerobot_flowstep.policies.flowstep_teacher.configuration_flowstep_teacher import FlowstepTeacherConfig
-    from lerobot_flowstep.tools.lerobot_commands import offline_env
+    from lerobot_flowstep.tools.lerobot_commands import eval_args, offline_env
 
     meta = LeRobotDatasetMetadata("local/metaworld_push", root=dataset_root)
     config = FlowstepTeacherConfig(device="cpu", horizon=8, n_action_steps=4, num_inference_steps=2)
@@ -218,13 +218,9 @@ def test_lerobot_eval_runs_the_env_in_a_subprocess(dataset_root, tmp_path):
     for part in (policy, pre, post):
         part.save_pretrained(checkpoint)
     output_dir = tmp_path / "eval"
-    cmd = [
-        sys.executable, "-m", "lerobot.scripts.lerobot_eval",
-        f"--policy.path={checkpoint}", "--policy.device=cpu",
-        "--env.type=flowstep_metaworld", f"--env.task={TASK}", "--env.image_size=32", "--env.episode_length=5",
-        "--eval.n_episodes=1", "--eval.batch_size=1", "--eval.use_async_envs=false", "--seed=0",
-        f"--output_dir={output_dir}",
-    ]  # fmt: skip
+    env_args = [f"--env.task={TASK}", "--env.image_size=32", "--env.episode_length=5"]
+    cmd = [sys.executable, "-m", "lerobot.scripts.lerobot_eval", *eval_args(checkpoint, "flowstep_metaworld", 1, 1, 0)]
+    cmd += [*env_args, f"--output_dir={output_dir}"]
     result = subprocess.run(cmd, env=offline_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     info = json.loads((output_dir / "eval_info.json").read_text())

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from lerobot_flowstep.constants import depth_key, extrinsics_key, intrinsics_key, rgb_key
 from lerobot_flowstep.datasets.atomic import atomic_lerobot_dataset
+from lerobot_flowstep.datasets.features import camera_features
 from lerobot_flowstep.envs.expert import ExpertEpisode, ScriptedExpert, run_expert_episode
 from lerobot_flowstep.envs.obstacle import CAMERA_NAME, TASK_DESCRIPTION, ObstacleLayout, ObstacleReachEnv
 
@@ -46,21 +47,7 @@ def obstacle_dataset_features(num_modes: int, camera: bool, image_size: int) -> 
         EXPERT_MODE: {"dtype": "int64", "shape": (1,), "names": None},
     }
     if camera:
-        size = (image_size, image_size)
-        features[rgb_key(CAMERA_NAME)] = {
-            "dtype": "image",
-            "shape": (*size, 3),
-            "names": ["height", "width", "channels"],
-        }
-        # Plain float arrays rather than LeRobot's depth-video features: stored in parquet they are
-        # lossless metric depth, and no depth-unit rescaling applies on read.
-        features[depth_key(CAMERA_NAME)] = {
-            "dtype": "float32",
-            "shape": (1, *size),
-            "names": ["channels", "height", "width"],
-        }
-        features[intrinsics_key(CAMERA_NAME)] = {"dtype": "float32", "shape": (3, 3), "names": None}
-        features[extrinsics_key(CAMERA_NAME)] = {"dtype": "float32", "shape": (4, 4), "names": None}
+        features.update(camera_features(CAMERA_NAME, image_size, image_size))
     return features
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from lerobot.configs import FeatureType, PolicyFeature
 from lerobot.envs.configs import EnvConfig
@@ -28,11 +29,28 @@ def add_camera_features(
     features_map[f"camera.{camera}.extrinsics"] = extrinsics_key(camera)
 
 
+def arm_camera_features(
+    action_dim: int, state_dim: int, cameras: list[str], image_size: int
+) -> tuple[dict[str, PolicyFeature], dict[str, str]]:
+    """`features` and `features_map` of an arm env: its action, `agent_pos` -> `observation.state`, and each
+    camera's RGB, depth and parameters at a square `image_size` (`add_camera_features`)."""
+    features: dict[str, PolicyFeature] = {
+        ACTION: PolicyFeature(type=FeatureType.ACTION, shape=(action_dim,)),
+        "agent_pos": PolicyFeature(type=FeatureType.STATE, shape=(state_dim,)),
+    }
+    features_map = {ACTION: ACTION, "agent_pos": OBS_STATE}
+    for camera in cameras:
+        add_camera_features(features, features_map, camera, (image_size, image_size))
+    return features, features_map
+
+
 class FlowstepGymIds:
     """For env configs whose gym ids are registered under `flowstep/` when this package is imported (which is
-    what LeRobot's `create_envs` imports when the id is not yet known)."""
+    what LeRobot's `create_envs` imports when the id is not yet known): `flowstep/<gym_name>`, or
+    `flowstep/<task>` for configs whose task is the gym id."""
 
     task: str | None
+    gym_name: ClassVar[str | None] = None
 
     @property
     def package_name(self) -> str:
@@ -40,7 +58,7 @@ class FlowstepGymIds:
 
     @property
     def gym_id(self) -> str:
-        return f"flowstep/{self.task}"
+        return f"flowstep/{self.gym_name or self.task}"
 
 
 @EnvConfig.register_subclass("flowstep_obstacle")

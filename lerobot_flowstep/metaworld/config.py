@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from gymnasium.envs.registration import register, registry
-from lerobot.configs import FeatureType, PolicyFeature
+from lerobot.configs import PolicyFeature
 from lerobot.envs.configs import EnvConfig
-from lerobot.utils.constants import ACTION, OBS_STATE
 
-from lerobot_flowstep.envs.configs import add_camera_features
+from lerobot_flowstep.envs.configs import FlowstepGymIds, arm_camera_features
 from lerobot_flowstep.metaworld.env import ACTION_DIM, DEFAULT_CAMERAS, METAWORLD_GYM_ID, STATE_NAMES
 from lerobot_flowstep.metaworld.tasks import metaworld_task
 
@@ -22,7 +22,7 @@ KNOWN_CAMERAS = ("topview", "corner", "corner2", "corner3", "corner4", "behindGr
 
 @EnvConfig.register_subclass("flowstep_metaworld")
 @dataclass
-class MetaworldEnvConfig(EnvConfig):
+class MetaworldEnvConfig(FlowstepGymIds, EnvConfig):
     """A MetaWorld task with RGB-D cameras (see `lerobot_flowstep.metaworld.env`).
 
     `cameras` and `image_size` must match the dataset the policy was trained on (`lerobot-flowstep generate
@@ -30,6 +30,7 @@ class MetaworldEnvConfig(EnvConfig):
     average, a few episodes up to ~250.
     """
 
+    gym_name: ClassVar[str | None] = METAWORLD_GYM_ID.removeprefix("flowstep/")
     task: str | None = "push-v3"
     fps: int = 80
     episode_length: int = 200
@@ -48,25 +49,10 @@ class MetaworldEnvConfig(EnvConfig):
             raise ValueError(f"env.episode_length must be in [1, 500] (MetaWorld's cap), got {self.episode_length}.")
         if self.image_size < 8:
             raise ValueError(f"env.image_size must be at least 8, got {self.image_size}.")
-        size = (self.image_size, self.image_size)
-        features: dict[str, PolicyFeature] = {
-            ACTION: PolicyFeature(type=FeatureType.ACTION, shape=(ACTION_DIM,)),
-            "agent_pos": PolicyFeature(type=FeatureType.STATE, shape=(len(STATE_NAMES),)),
-        }
-        features_map = {ACTION: ACTION, "agent_pos": OBS_STATE}
-        for camera in self.cameras:
-            add_camera_features(features, features_map, camera, size)
         # Rebuilt rather than merged so that draccus-parsed or copied configs never keep stale entries.
-        self.features = features
-        self.features_map = features_map
-
-    @property
-    def package_name(self) -> str:
-        return "lerobot_flowstep"
-
-    @property
-    def gym_id(self) -> str:
-        return METAWORLD_GYM_ID
+        self.features, self.features_map = arm_camera_features(
+            ACTION_DIM, len(STATE_NAMES), self.cameras, self.image_size
+        )
 
     @property
     def gym_kwargs(self) -> dict:

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from lerobot_flowstep.constants import OBS_POINTCLOUD, depth_key, extrinsics_key, intrinsics_key, rgb_key
 from lerobot_flowstep.datasets.atomic import atomic_lerobot_dataset
+from lerobot_flowstep.datasets.features import camera_features, pointcloud_feature
 from lerobot_flowstep.metaworld.env import ACTION_DIM, DEFAULT_CAMERAS, STATE_NAMES, MetaworldRGBDEnv
 from lerobot_flowstep.metaworld.tasks import metaworld_task
 from lerobot_flowstep.processor.pointcloud import PointCloudConfig, fused_pointclouds
@@ -36,32 +37,21 @@ def metaworld_pointcloud_config(
     cameras: list[str] | tuple[str, ...] = DEFAULT_CAMERAS, num_points: int = 512, use_rgb: bool = False
 ) -> PointCloudConfig:
     """DP3's cloud: the workspace of `cameras` farthest-point sampled to 512 points."""
-    return PointCloudConfig(
-        cameras=list(cameras),
-        num_points=num_points,
-        use_rgb=use_rgb,
-        bounds_low=list(WORKSPACE_LOW),
-        bounds_high=list(WORKSPACE_HIGH),
-    )
+    bounds = {"bounds_low": list(WORKSPACE_LOW), "bounds_high": list(WORKSPACE_HIGH)}
+    return PointCloudConfig(cameras=list(cameras), num_points=num_points, use_rgb=use_rgb, **bounds)
 
 
 def metaworld_dataset_features(
     cameras: list[str], image_size: int, pointcloud: PointCloudConfig | None
 ) -> dict[str, dict[str, Any]]:
-    size = (image_size, image_size)
     features: dict[str, dict[str, Any]] = {
         OBS_STATE: {"dtype": "float32", "shape": (len(STATE_NAMES),), "names": list(STATE_NAMES)},
         ACTION: {"dtype": "float32", "shape": (ACTION_DIM,), "names": list(ACTION_NAMES)},
     }
     for cam in cameras:
-        features[rgb_key(cam)] = {"dtype": "image", "shape": (*size, 3), "names": ["height", "width", "channels"]}
-        # Plain float arrays, not depth videos: lossless metric depth, no unit rescaling on read.
-        features[depth_key(cam)] = {"dtype": "float32", "shape": (1, *size), "names": ["channels", "height", "width"]}
-        features[intrinsics_key(cam)] = {"dtype": "float32", "shape": (3, 3), "names": None}
-        features[extrinsics_key(cam)] = {"dtype": "float32", "shape": (4, 4), "names": None}
+        features.update(camera_features(cam, image_size, image_size))
     if pointcloud is not None:
-        width = 6 if pointcloud.use_rgb else 3
-        features[OBS_POINTCLOUD] = {"dtype": "float32", "shape": (pointcloud.num_points, width), "names": None}
+        features.update(pointcloud_feature(pointcloud))
     return features
 
 

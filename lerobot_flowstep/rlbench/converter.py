@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from lerobot_flowstep.constants import OBS_POINTCLOUD, depth_key, extrinsics_key, intrinsics_key, rgb_key
 from lerobot_flowstep.datasets.atomic import atomic_lerobot_dataset, check_destination
+from lerobot_flowstep.datasets.features import camera_features, pointcloud_feature
 from lerobot_flowstep.processor.pointcloud import PointCloudConfig, fused_pointclouds
 from lerobot_flowstep.rlbench.conventions import (
     ACTION_MODES,
@@ -133,15 +134,9 @@ def rlbench_dataset_features(
         TARGET_COLUMN: {"dtype": "int64", "shape": (1,), "names": None},
     }
     for cam in cameras:
-        h, w = image_shapes[cam]
-        features[rgb_key(cam)] = {"dtype": "image", "shape": (h, w, 3), "names": ["height", "width", "channels"]}
-        # Plain float arrays rather than LeRobot's depth-video features: parquet keeps metric depth exact.
-        features[depth_key(cam)] = {"dtype": "float32", "shape": (1, h, w), "names": ["channels", "height", "width"]}
-        features[intrinsics_key(cam)] = {"dtype": "float32", "shape": (3, 3), "names": None}
-        features[extrinsics_key(cam)] = {"dtype": "float32", "shape": (4, 4), "names": None}
+        features.update(camera_features(cam, *image_shapes[cam]))
     if pointcloud is not None:
-        width = 6 if pointcloud.use_rgb else 3
-        features[OBS_POINTCLOUD] = {"dtype": "float32", "shape": (pointcloud.num_points, width), "names": None}
+        features.update(pointcloud_feature(pointcloud))
     return features
 
 

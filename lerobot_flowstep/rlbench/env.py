@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -44,10 +44,9 @@ from gymnasium import spaces
 from gymnasium.envs.registration import register, registry
 from lerobot.configs import FeatureType, PolicyFeature
 from lerobot.envs.configs import EnvConfig
-from lerobot.utils.constants import ACTION, OBS_STATE
 
 from lerobot_flowstep.constants import OBS_POINTCLOUD
-from lerobot_flowstep.envs.configs import add_camera_features
+from lerobot_flowstep.envs.configs import FlowstepGymIds, arm_camera_features
 from lerobot_flowstep.processor.pointcloud import fused_pointclouds
 from lerobot_flowstep.rlbench.conventions import (
     DEFAULT_BOUNDS_HIGH,
@@ -352,13 +351,14 @@ if RLBENCH_GYM_ID not in registry:
 
 @EnvConfig.register_subclass("rlbench")
 @dataclass
-class RLBenchEnvConfig(EnvConfig):
+class RLBenchEnvConfig(FlowstepGymIds, EnvConfig):
     """An RLBench task through `make_env` / `lerobot-eval --env.type=rlbench` (see `RLBenchEnv`).
 
     `cameras`, `image_size` and the point-cloud fields must match the converted dataset the policy was
     trained on (`lerobot-flowstep convert rlbench --cameras ...`). `backend="fake"` is a testing aid.
     """
 
+    gym_name: ClassVar[str | None] = RLBENCH_GYM_ID.removeprefix("flowstep/")
     task: str | None = "reach_target"
     fps: int = FPS
     episode_length: int = 200
@@ -383,14 +383,7 @@ class RLBenchEnvConfig(EnvConfig):
             raise ValueError(f"env.cameras must be among {list(RLBENCH_CAMERAS)}, got {unknown or self.cameras}")
         if self.episode_length < 1:
             raise ValueError(f"env.episode_length must be >= 1, got {self.episode_length}")
-        size = (self.image_size, self.image_size)
-        features: dict[str, PolicyFeature] = {
-            ACTION: PolicyFeature(type=FeatureType.ACTION, shape=(ACTION_DIM,)),
-            "agent_pos": PolicyFeature(type=FeatureType.STATE, shape=(len(STATE_NAMES),)),
-        }
-        features_map = {ACTION: ACTION, "agent_pos": OBS_STATE}
-        for cam in self.cameras:
-            add_camera_features(features, features_map, cam, size)
+        features, features_map = arm_camera_features(ACTION_DIM, len(STATE_NAMES), self.cameras, self.image_size)
         if self.pointcloud_cameras:
             width = 6 if self.pointcloud_use_rgb else 3
             features["pointcloud"] = PolicyFeature(type=FeatureType.STATE, shape=(self.pointcloud_num_points, width))
@@ -398,14 +391,6 @@ class RLBenchEnvConfig(EnvConfig):
         # Rebuilt rather than merged so that draccus-parsed or copied configs never keep stale entries.
         self.features = features
         self.features_map = features_map
-
-    @property
-    def package_name(self) -> str:
-        return "lerobot_flowstep"
-
-    @property
-    def gym_id(self) -> str:
-        return RLBENCH_GYM_ID
 
     @property
     def gym_kwargs(self) -> dict:
