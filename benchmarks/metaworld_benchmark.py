@@ -86,11 +86,26 @@ def run_config(method: str, task: str, data: Path, run_dir: Path, args: argparse
     elif policy["type"] == "flowstep_teacher":
         policy["encoder"]["vision_backbone"] = args.vision_backbone
         policy["network"]["type"] = args.network
-    else:  # the student inherits encoder and network from its teacher
-        policy["teacher_path"] = str(last_checkpoint(run_dir.parent / method.replace("student", "teacher") / "train"))
+    else:  # the student inherits encoder and network from its teacher, and learns from its cached samples
+        teacher = last_checkpoint(run_dir.parent / method.replace("student", "teacher") / "train")
+        policy["teacher_path"] = str(teacher)
+        policy["teacher_cache_path"] = str(
+            teacher_cache(teacher, cfg["dataset"], run_dir / "teacher_samples.safetensors", args)
+        )
     path = run_dir / "train_config_input.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(cfg, indent=2) + "\n")
+    return path
+
+
+def teacher_cache(teacher: Path, dataset: dict, path: Path, args: argparse.Namespace) -> Path:
+    """The teacher's samples drawn once per frame (16, 10 Heun steps: the student config's defaults), as
+    `lerobot-flowstep cache-teacher` draws them: online sampling would cost every distillation step as much."""
+    if not path.is_file():
+        from lerobot_flowstep.tools.cache_teacher import build_teacher_cache
+
+        build_teacher_cache(str(teacher), dataset["repo_id"], Path(dataset["root"]), path, device=args.device,
+                            num_samples=16, num_steps=10, solver="heun")  # fmt: skip
     return path
 
 
