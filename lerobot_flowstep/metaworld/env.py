@@ -106,6 +106,8 @@ class MetaworldRGBDEnv(gym.Env):
         self.observation_space = spaces.Dict(obs_spaces)
         self.action_space = spaces.Box(-1.0, 1.0, shape=(ACTION_DIM,), dtype=np.float32)
         self._last_pixels: np.ndarray | None = None
+        self._raw: np.ndarray | None = None  # MetaWorld's own observation, which its scripted policies read
+        self._expert: Any = None
 
     @property
     def unwrapped_metaworld(self) -> Any:
@@ -148,7 +150,9 @@ class MetaworldRGBDEnv(gym.Env):
 
     def expert_action(self) -> np.ndarray:
         """MetaWorld's scripted policy for this task, on the current state."""
-        if not hasattr(self, "_expert"):
+        if self._raw is None:
+            raise RuntimeError("Call reset() before asking for the expert's action.")
+        if self._expert is None:
             import metaworld.policies
 
             self._expert = getattr(metaworld.policies, self.task.expert)()

@@ -32,14 +32,20 @@ MUJOCO_TO_OPENCV = np.diag([1.0, -1.0, -1.0])
 TURN_180 = np.diag([-1.0, -1.0, 1.0])
 
 
+_DEFAULTED: list[bool] = []  # whether MUJOCO_GL came from `default_gl_backend`, for the error message
+
+
 def default_gl_backend() -> str:
     """Set MUJOCO_GL to 'egl' unless the user chose one; must run before MuJoCo is first imported, because
     MuJoCo reads it once, at import."""
-    return os.environ.setdefault("MUJOCO_GL", "egl")
+    if "MUJOCO_GL" not in os.environ:
+        os.environ["MUJOCO_GL"] = "egl"
+        _DEFAULTED.append(True)
+    return os.environ["MUJOCO_GL"]
 
 
 def _gl_error(err: BaseException) -> RuntimeError:
-    chosen = "set by you" if os.environ.get("MUJOCO_GL") != "egl" else "this package's default"
+    chosen = "this package's default" if _DEFAULTED else "set by you"
     return RuntimeError(
         f"MuJoCo could not render offscreen with MUJOCO_GL='{os.environ.get('MUJOCO_GL')}' ({chosen}): "
         f"{type(err).__name__}: {err}. Values MuJoCo accepts: {', '.join(GL_BACKENDS)}. {GL_HELP} "
