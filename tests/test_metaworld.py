@@ -243,3 +243,21 @@ def test_in_memory_samples_keep_only_the_policy_s_inputs(dataset_root):
     assert {k for k in samples if k.startswith("observation.")} == keys
     assert samples["observation.pointcloud"].shape == (meta.total_frames, 2, 64, 3)
     assert samples["action"].shape == (meta.total_frames, 8, 4) and "action_is_pad" in samples
+
+
+def test_a_metaworld_policy_card_says_how_to_evaluate_it(dataset_root):
+    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
+    from lerobot.utils.feature_utils import dataset_to_policy_features
+
+    from lerobot_flowstep.hub.cards import render_policy_card
+    from lerobot_flowstep.policies.flowstep_teacher.configuration_flowstep_teacher import FlowstepTeacherConfig
+
+    meta = LeRobotDatasetMetadata("local/metaworld_push", root=dataset_root)
+    features = dataset_to_policy_features(meta.features)
+    config = FlowstepTeacherConfig(
+        input_features={k: v for k, v in features.items() if k != "action"},
+        output_features={"action": features["action"]},
+    )
+    card = str(render_policy_card(config, repo_id="org/push", dataset_meta=meta))
+    expected = "--env.type=flowstep_metaworld --env.task=<metaworld task> --env.cameras=[corner2] --env.image_size=32"
+    assert expected in card

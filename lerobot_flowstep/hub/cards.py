@@ -284,6 +284,11 @@ def _eval_env_args(config: PreTrainedConfig, robot_type: str | None) -> str:
     if robot_type == "rlbench_panda":
         cameras = sorted({k.split(".", 2)[2] for k in inputs if k.startswith("observation.images.")})
         return f"--env.type=rlbench --env.task=<rlbench task> --env.cameras=[{','.join(cameras)}]"
+    if robot_type == "flowstep_metaworld":
+        depths = [k for k in inputs if k.startswith("observation.depth.")]
+        cameras = sorted(k.removeprefix("observation.depth.") for k in depths)
+        size = f" --env.image_size={inputs[depths[0]].shape[-1]}" if depths else ""
+        return f"--env.type=flowstep_metaworld --env.task=<metaworld task> --env.cameras=[{','.join(cameras)}]{size}"
     return "--env.type=<env matching the training data>"
 
 
