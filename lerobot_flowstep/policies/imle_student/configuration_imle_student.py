@@ -103,7 +103,7 @@ class ImleStudentConfig(FlowstepBaseConfig):
                 f"imle_student has no objective '{self.objective}'. The regression baseline is its own policy type: "
                 "--policy.type=flowstep_regression (for a checkpoint saved with objective=regression, set "
                 '"type": "flowstep_regression" in its config.json and delete the fields that '
-                "FlowstepRegressionConfig lacks, which are the student's own; the weights load unchanged)."
+                "FlowstepRegressionConfig lacks, which are the student's own)."
             )
         if self.teacher_ode_solver not in SOLVERS:
             raise ValueError(f"teacher_ode_solver must be one of {SOLVERS}, got '{self.teacher_ode_solver}'.")
