@@ -1,15 +1,20 @@
-"""PushT from the original demonstrations: teacher vs student vs LeRobot's diffusion policy.
+"""PushT from the original demonstrations: teacher vs student vs LeRobot's diffusion policy, and why the student
+trails its teacher (the distillation diagnosis).
 
 1. `data/...replay.zarr` -> LeRobotDataset with the keys of LeRobot's `pusht` env in its keypoint variant
    (`observation.state` = agent xy, `observation.environment_state` = the 8 block corners);
 2. training from `configs/pusht/{teacher,student,diffusion}.json` (the same files `lerobot-train
-   --config_path=...` takes), with their steps and batch sizes, from samples read once through
-   `LeRobotDataset` (`lerobot_flowstep.tools.training`); the student is distilled from the teacher's cached
-   samples. A second teacher is trained at the diffusion policy's budget, for the equal-budget comparison;
-3. every evaluation is a `lerobot-eval --env.type=pusht` run on the same seeded episodes: success rate
-   (Wilson 95 % interval) and mean max reward (gym-pusht's reward is coverage / 0.95 capped at 1; normal
-   95 % interval), plus chunk latency at batch 1;
-4. the disturbance test: `lerobot-eval --env.type=flowstep_pusht_disturbed`, the block pushed to a random
+   --config_path=...` takes), with their steps, batch sizes and episodes, from samples read once through
+   `LeRobotDataset` and drawn as `lerobot-train` draws them (`lerobot_flowstep.tools.training`); the student
+   is distilled from the teacher's cached samples and saved every `--save-every` steps. A second teacher is
+   trained at the diffusion policy's budget, for the equal-budget comparison;
+3. the diagnosis, on frames of the episodes the configs hold out: Chamfer coverage and fidelity of samples
+   against accurate teacher samples, for every saved student checkpoint, the teacher's deployed sampler and
+   one-step CFM (`diagnosis.json`, `distillation.png`), and the success of every saved student checkpoint;
+4. every evaluation is a `lerobot-eval --env.type=pusht` run on the same seeded episodes (`--eval-episodes`
+   for the headline rows): success rate (Wilson 95 % interval) and mean max reward (gym-pusht's reward is
+   coverage / 0.95 capped at 1; normal 95 % interval), plus chunk latency at batch 1;
+5. the disturbance test: `lerobot-eval --env.type=flowstep_pusht_disturbed`, the block pushed to a random
    pose before action `--disturb-step` and only the rest of the episode scored, each policy re-planning as
    often as its measured latency allows at 10 Hz (every ceil(latency / 100 ms) actions) and as trained, with
    and without the push.
@@ -17,7 +22,8 @@
 `--models` picks what to train and evaluate; `teacher_unet` (the CFM teacher on the diffusion policy's U-Net,
 ~1 h of training on a 2-core CPU) is best left to a GPU.
 
-Every stage skips work whose output exists (checkpoints, `eval_info.json`), so an interrupted run resumes.
+Every stage skips work whose output exists (checkpoints, the cache, `diagnosis.json` entries,
+`eval_info.json`), so an interrupted run resumes.
 
     uv run python benchmarks/pusht.py --zarr ../shared/data/pusht/pusht_cchi_v7_replay.zarr
 """
@@ -39,16 +45,19 @@ from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 from lerobot.envs.configs import PushtEnv
 from lerobot.envs.factory import make_env
 from lerobot.envs.utils import preprocess_observation
+from lerobot.policies.factory import make_pre_post_processors
 from safetensors.torch import load_file, save_file
+from tqdm import tqdm
 
 from lerobot_flowstep.datasets.zarr import convert_zarr
 from lerobot_flowstep.tools.cache_teacher import cache_from_samples
 from lerobot_flowstep.tools.checkpoints import load_checkpoint
+from lerobot_flowstep.tools.diagnostics import held_out_batch, sample_chamfer
 from lerobot_flowstep.tools.latency import chunk_latency, replan_period
 from lerobot_flowstep.tools.lerobot_commands import eval_args, lerobot_eval
-from lerobot_flowstep.tools.plots import plot_benchmark
+from lerobot_flowstep.tools.plots import plot_benchmark, plot_distillation_curves
 from lerobot_flowstep.tools.statistics import mean_interval, wilson_interval
-from lerobot_flowstep.tools.training import load_samples, train_policy_on_dataset
+from lerobot_flowstep.tools.training import load_samples, save_checkpoint, train_policy_on_dataset
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "pusht"
 OBS_TYPE = "environment_state_agent_pos"
@@ -91,18 +100,41 @@ def cached_samples(output: Path, cfg: TrainPipelineConfig, meta: LeRobotDatasetM
     return samples
 
 
-def train(cfg: TrainPipelineConfig, run_dir: Path, samples: dict, timings: dict, label: str) -> Path:
-    """Train (unless done) and return the checkpoint, at the path lerobot-train would give it."""
+def train(cfg: TrainPipelineConfig, run_dir: Path, samples: dict, label: str, save_every: int = 0) -> Path:
+    """Train (unless done) and return the checkpoint, at the path lerobot-train would give it; the wall time
+    goes to `run_dir/timings.json`.
+
+    With `save_every`, intermediate checkpoints go where lerobot-train writes them
+    (`checkpoints/<step>/pretrained_model`), for the curves against training steps.
+    """
     checkpoint = run_dir / "checkpoints" / "last" / "pretrained_model"
     if not (checkpoint / "model.safetensors").exists():
         start = time.perf_counter()
         config, root = cfg.policy, Path(cfg.dataset.root)
+        meta = LeRobotDatasetMetadata(cfg.dataset.repo_id, root=root)
+        preprocessor, postprocessor = make_pre_post_processors(config, dataset_stats=meta.stats)
+
+        def save_intermediate(step: int, policy) -> None:
+            if save_every and step % save_every == 0 and step < cfg.steps:
+                save_checkpoint(policy, preprocessor, postprocessor, intermediate_checkpoint(run_dir, step))
+
         _, checkpoint, losses = train_policy_on_dataset(
-            config, cfg.dataset.repo_id, root, checkpoint.parent, cfg.steps, cfg.batch_size, cfg.seed, label, samples
-        )
-        timings[f"{label}_train_s"] = round(time.perf_counter() - start, 1)
+            config, cfg.dataset.repo_id, root, checkpoint.parent, cfg.steps, cfg.batch_size, cfg.seed, label,
+            samples, cfg.dataset.episodes, save_intermediate,
+        )  # fmt: skip
+        record_timing(run_dir, f"{label}_train_s", time.perf_counter() - start)
         (run_dir / "losses.json").write_text(json.dumps(losses))
     return checkpoint
+
+
+def record_timing(run_dir: Path, key: str, seconds: float) -> None:
+    path = run_dir / "timings.json"
+    timings = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps(timings | {key: round(seconds, 1)}))
+
+
+def intermediate_checkpoint(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"{step:06d}" / "pretrained_model"
 
 
 def pusht_chunk_latency(checkpoint: Path, **overrides) -> dict:
@@ -118,18 +150,19 @@ def pusht_chunk_latency(checkpoint: Path, **overrides) -> dict:
     return chunk_latency(policy, batch, warmup=5, repeats=50).as_dict()
 
 
-def run_eval(evaluation: Evaluation, checkpoint: Path, output: Path, args: argparse.Namespace, latency: dict) -> dict:
+def run_eval(
+    evaluation: Evaluation, checkpoint: Path, output: Path, args: argparse.Namespace, latency: dict, episodes: int
+) -> dict:
     # Keyed by what is evaluated, not by the display name, so that a resumed run never reuses another result.
     settings = [f"{k}={v}" for k, v in sorted(evaluation.policy_args.items())]
-    out_dir = (
-        output / "eval" / "_".join([evaluation.model, *settings, *(["disturbed"] if evaluation.disturbed else [])])
-    )
+    parts = [evaluation.model, *settings, f"{episodes}ep", *(["disturbed"] if evaluation.disturbed else [])]
+    out_dir = output / "eval" / "_".join(parts)
     if not (out_dir / "eval_info.json").exists():
         extra = [f"--env.obs_type={OBS_TYPE}", *(f"--policy.{k}={v}" for k, v in evaluation.policy_args.items())]
         if evaluation.disturbed:
             extra.append(f"--env.disturb_step={args.disturb_step}")
         env_type = "flowstep_pusht_disturbed" if evaluation.disturbed else "pusht"
-        cli = eval_args(checkpoint, env_type, args.eval_episodes, args.eval_batch_size, args.eval_seed) + extra
+        cli = eval_args(checkpoint, env_type, episodes, args.eval_batch_size, args.eval_seed) + extra
         threads = {"OMP_NUM_THREADS": str(args.threads)}
         lerobot_eval(cli, out_dir, out_dir.with_suffix(".log"), desc=evaluation.name, env=threads)
     info = json.loads((out_dir / "eval_info.json").read_text())
@@ -158,11 +191,79 @@ def markdown_table(results: dict[str, dict]) -> str:
     for name, r in results.items():
         lo, hi = r["success_ci95"]
         rlo, rhi = r["mean_max_reward_ci95"]
+        latency = r["chunk_latency"].get("median_ms")
         lines.append(
             f"| {name} | {r['success_rate']:.1%} [{lo:.1%}, {hi:.1%}] | {r['mean_max_reward']:.3f} "
-            f"[{rlo:.3f}, {rhi:.3f}] | {r['chunk_latency']['median_ms']:.2f} |"
+            f"[{rlo:.3f}, {rhi:.3f}] | {'' if latency is None else f'{latency:.2f}'} |"
         )
     return "\n".join(lines)
+
+
+def diagnose_distillation(
+    output: Path,
+    checkpoints: dict[str, Path],
+    student_dir: Path,
+    student_steps: list[int],
+    held_out: list[int],
+    cfg: TrainPipelineConfig,
+    args: argparse.Namespace,
+) -> dict:
+    """Chamfer coverage and fidelity, against accurate teacher samples (the cache's solver and steps), on frames
+    of the held-out episodes: for the student at each saved distillation step (step 0 is its initialization,
+    which is exactly one-step CFM), the teacher's deployed sampler, one-step CFM, and a second independent
+    draw of the reference itself (the floor: what a perfect copy of the teacher would score)."""
+    path = output / "diagnosis.json"
+    report = json.loads(path.read_text()) if path.exists() else {}
+    settings = {
+        "reference": f"teacher, {args.cache_steps} Heun steps",
+        "held_out_episodes": held_out,
+        "frames": args.diagnosis_frames,
+        "samples_per_frame": args.diagnosis_samples,
+    }
+    if report.get("settings") != settings:
+        report = {"settings": settings, "references": {}, "student": {}}
+    teacher, preprocessor, _ = load_checkpoint(checkpoints["teacher"])
+    batch = held_out_batch(
+        teacher.config, preprocessor, cfg.dataset.repo_id, cfg.dataset.root, held_out, args.diagnosis_frames
+    )
+    reference = {"num_steps": args.cache_steps, "solver": "heun"}
+
+    def measure(policy) -> dict:
+        return sample_chamfer(policy, teacher, batch, args.diagnosis_samples, seed=0, **reference)
+
+    def save() -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(report, indent=2))
+        tmp.replace(path)
+
+    config = teacher.config
+    variants = {
+        f"teacher, {config.num_inference_steps} {config.ode_solver.capitalize()} steps (deployed)": {},
+        "one-step CFM (teacher, 1 Euler step)": {"num_inference_steps": 1, "ode_solver": "euler"},
+        f"floor: a second draw of the reference ({args.cache_steps} Heun)": {
+            "num_inference_steps": args.cache_steps,
+            "ode_solver": "heun",
+        },
+    }
+    for name, overrides in variants.items():
+        if name not in report["references"]:
+            report["references"][name] = measure(load_checkpoint(checkpoints["teacher"], **overrides)[0])
+            save()
+    for step in tqdm(student_steps, desc="diagnose student checkpoints"):
+        if str(step) not in report["student"]:
+            if step == 0:  # the student's initialization: the teacher's one-step Euler sampler, by construction
+                policy = load_checkpoint(checkpoints["teacher"], num_inference_steps=1, ode_solver="euler")[0]
+            else:
+                policy = load_checkpoint(student_checkpoint(student_dir, step, cfg.steps))[0]
+            report["student"][str(step)] = measure(policy)
+            save()
+    return report
+
+
+def student_checkpoint(run_dir: Path, step: int, total_steps: int) -> Path:
+    if step == total_steps:
+        return run_dir / "checkpoints" / "last" / "pretrained_model"
+    return intermediate_checkpoint(run_dir, step)
 
 
 def main() -> None:
@@ -172,14 +273,20 @@ def main() -> None:
     parser.add_argument("--configs", type=Path, default=CONFIGS, help="folder of teacher/student/diffusion.json")
     parser.add_argument("--cache-samples", type=int, default=16, help="teacher samples cached per frame")
     parser.add_argument("--cache-steps", type=int, default=10, help="Heun steps per cached teacher sample")
-    parser.add_argument("--eval-episodes", type=int, default=100)
+    parser.add_argument("--eval-episodes", type=int, default=500, help="episodes of each headline evaluation")
+    parser.add_argument("--curve-episodes", type=int, default=100, help="episodes per point of the success curve")
     parser.add_argument("--eval-batch-size", type=int, default=50)
     parser.add_argument("--eval-seed", type=int, default=100_000)
+    parser.add_argument("--save-every", type=int, default=4000, help="student steps between curve checkpoints")
+    parser.add_argument("--diagnosis-frames", type=int, default=256, help="held-out frames for the Chamfer curves")
+    parser.add_argument("--diagnosis-samples", type=int, default=32, help="samples per frame and policy")
     parser.add_argument("--disturb-step", type=int, default=100, help="action before which the block moves")
     parser.add_argument(
         "--models", nargs="+", choices=MODELS, default=list(MODELS), help="train and evaluate only these (resumable)"
     )
     parser.add_argument("--no-ddpm", action="store_true", help="skip the slow DDPM-100 evaluation")
+    parser.add_argument("--no-disturbance", action="store_true", help="skip the disturbance test")
+    parser.add_argument("--no-eval", action="store_true", help="train, cache and diagnose only")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -187,7 +294,6 @@ def main() -> None:
     output.mkdir(parents=True, exist_ok=True)
     report_path = output / "report.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
-    timings = report.get("timings_s", {})
 
     teacher_cfg = train_config(args.configs, "teacher", output)
     root = Path(teacher_cfg.dataset.root)
@@ -195,6 +301,8 @@ def main() -> None:
         convert_zarr(args.zarr, root, mapping="pusht_keypoints", repo_id=teacher_cfg.dataset.repo_id)
     meta = LeRobotDatasetMetadata(teacher_cfg.dataset.repo_id, root=root)
     samples = cached_samples(output, teacher_cfg, meta)
+    # The episodes no config trains on: the frames of the distillation diagnosis.
+    held_out = sorted(set(range(meta.total_episodes)) - set(teacher_cfg.dataset.episodes or ()))
 
     diffusion_cfg = train_config(args.configs, "diffusion", output)
     # The teacher again, at the diffusion policy's steps and batch size: the equal-budget comparison.
@@ -203,13 +311,14 @@ def main() -> None:
     models = set(args.models)
     checkpoints = {}
     if models & {"teacher", "student"}:
-        checkpoints["teacher"] = train(teacher_cfg, output / "teacher", samples, timings, "teacher")
+        checkpoints["teacher"] = train(teacher_cfg, output / "teacher", samples, "teacher")
     if "teacher_equal_budget" in models:
         run_dir = output / "teacher_equal_budget"
-        checkpoints["teacher_equal_budget"] = train(equal_cfg, run_dir, samples, timings, "teacher_equal_budget")
+        checkpoints["teacher_equal_budget"] = train(equal_cfg, run_dir, samples, "teacher_equal_budget")
     if "teacher_unet" in models:
         unet_cfg = train_config(args.configs, "teacher_unet", output)
-        checkpoints["teacher_unet"] = train(unet_cfg, output / "teacher_unet", samples, timings, "teacher_unet")
+        checkpoints["teacher_unet"] = train(unet_cfg, output / "teacher_unet", samples, "teacher_unet")
+    diagnosis, student_steps = None, []
     if "student" in models:
         cache_path = output / "teacher" / "teacher_samples.safetensors"
         if not cache_path.exists():
@@ -225,7 +334,7 @@ def main() -> None:
                 "heun",
                 teacher_cfg.seed,
             )
-            timings["teacher_cache_s"] = round(time.perf_counter() - start, 1)
+            record_timing(output / "teacher", "teacher_cache_s", time.perf_counter() - start)
         student_cfg = train_config(
             args.configs,
             "student",
@@ -234,24 +343,43 @@ def main() -> None:
             f"--policy.teacher_cache_path={cache_path}",
             f"--policy.num_teacher_samples={args.cache_samples}",
         )
-        checkpoints["student"] = train(student_cfg, output / "student", samples, timings, "student")
+        student_dir = output / "student"
+        checkpoints["student"] = train(student_cfg, student_dir, samples, "student", args.save_every)
+        student_steps = sorted({0, *range(args.save_every, student_cfg.steps, args.save_every), student_cfg.steps})
+        if held_out:
+            diagnosis = diagnose_distillation(
+                output, checkpoints, student_dir, student_steps, held_out, student_cfg, args
+            )
+        else:
+            print("No held-out episodes (the configs train on all of them): the Chamfer curves are skipped.")
     if "diffusion" in models:
-        checkpoints["diffusion"] = train(diffusion_cfg, output / "diffusion", samples, timings, "diffusion")
+        checkpoints["diffusion"] = train(diffusion_cfg, output / "diffusion", samples, "diffusion")
+    timings = report.get("timings_s", {})
+    for name in checkpoints:
+        timings_path = output / name / "timings.json"
+        if timings_path.exists():
+            timings |= json.loads(timings_path.read_text())
     report["timings_s"] = timings
+    if diagnosis is not None:
+        report["diagnosis"] = diagnosis
     report_path.write_text(json.dumps(report, indent=2))
+    if args.no_eval:
+        return
 
     teacher_steps = f"{teacher_cfg.policy.num_inference_steps} {teacher_cfg.policy.ode_solver.capitalize()}"
     budget = f"{teacher_cfg.steps // 1000}k x {teacher_cfg.batch_size}"
     small = f"{diffusion_cfg.steps // 1000}k x {diffusion_cfg.batch_size}"
     teacher = Evaluation(f"teacher ({teacher_steps} steps), {budget}", "teacher")
-    student = Evaluation("student (16 candidates)", "student")
+    one_step = Evaluation("one-step CFM (teacher, 1 Euler step)", "teacher", {"num_inference_steps": 1})
+    student = Evaluation("student (16 candidates, consistency rule)", "student")
+    student_density = Evaluation("student (16 candidates, density rule)", "student", {"candidate_selection": "density"})
     student_1 = Evaluation("student (1 sample)", "student", {"num_inference_candidates": 1})
     ddim = Evaluation(
         f"diffusion (DDIM-10), {small}", "diffusion", {"noise_scheduler_type": "DDIM", "num_inference_steps": 10}
     )
     teacher_small = Evaluation(f"teacher ({teacher_steps} steps), diffusion's budget {small}", "teacher_equal_budget")
     teacher_unet = Evaluation(f"teacher, U-Net ({teacher_steps} steps), {small}", "teacher_unet")
-    evaluations = [teacher, student, student_1, teacher_small, teacher_unet, ddim]
+    evaluations = [teacher, one_step, student, student_density, student_1, teacher_small, teacher_unet, ddim]
     if not args.no_ddpm:
         evaluations.append(Evaluation(f"diffusion (DDPM-100), {small}", "diffusion"))
 
@@ -264,12 +392,28 @@ def main() -> None:
         return latencies[key]
 
     evaluations = [e for e in evaluations if e.model in models]
-    results = {e.name: run_eval(e, checkpoints[e.model], output, args, latency_of(e)) for e in evaluations}
+    results = {
+        e.name: run_eval(e, checkpoints[e.model], output, args, latency_of(e), args.eval_episodes) for e in evaluations
+    }
+
+    # Success against distillation steps: every saved student checkpoint, one sample per chunk (the
+    # distribution itself, no selection rule), on the first --curve-episodes seeds.
+    curve = {}
+    for step in student_steps[1:]:
+        evaluation = Evaluation(f"student at step {step}", f"student_{step:06d}", {"num_inference_candidates": 1})
+        checkpoint = student_checkpoint(output / "student", step, student_cfg.steps)
+        curve[step] = run_eval(evaluation, checkpoint, output, args, {}, args.curve_episodes)
+    if diagnosis is not None:
+        success_references = {name: results[e.name] for name, e in (("teacher", teacher), ("one-step CFM", one_step))}
+        references = {name: r for name, r in diagnosis["references"].items() if not name.startswith("floor")}
+        floor = {name: r for name, r in diagnosis["references"].items() if name.startswith("floor")}
+        chamfer = {int(step): r for step, r in diagnosis["student"].items()}
+        plot_distillation_curves(chamfer, references | floor, curve, success_references, output / "distillation.png")
 
     # The disturbance test: re-planning as often as the latency allows, and as trained (every n_action_steps),
     # with and without the push. The undisturbed run at the trained period is the evaluation above.
     disturbance = {}
-    for base in (e for e in (teacher, student, student_1, ddim) if e.model in models):
+    for base in (e for e in (teacher, student, student_1, ddim) if e.model in models and not args.no_disturbance):
         latency = latency_of(base)
         config = PreTrainedConfig.from_pretrained(checkpoints[base.model])
         fastest = replan_period(latency["median_ms"], CONTROL_HZ, config.horizon - config.n_obs_steps + 1)
@@ -287,6 +431,7 @@ def main() -> None:
                     output,
                     args,
                     latency,
+                    args.curve_episodes,
                 )
             disturbance[label] = row
 
@@ -296,11 +441,22 @@ def main() -> None:
     report |= {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "results": results,
+        "success_curve": report.get("success_curve", {}) | {str(k): v for k, v in curve.items()},
         "disturbance": disturbance,
     }
     report_path.write_text(json.dumps(report, indent=2))
     plot_benchmark(results, disturbance, output / "pusht.png")
     print(markdown_table(results))
+    if curve:
+        print()
+        print(markdown_table({f"student at step {k} (1 sample)": v for k, v in curve.items()}))
+    if diagnosis is not None:
+        print()
+        print("| Chamfer against the teacher's samples, held-out frames | coverage | fidelity |")
+        print("|---|---|---|")
+        rows = {**diagnosis["references"], **{f"student at step {k}": v for k, v in diagnosis["student"].items()}}
+        for name, r in rows.items():
+            print(f"| {name} | {r['coverage']:.4f} | {r['fidelity']:.4f} |")
     print()
     print("| method, re-planning every k actions | chunk latency (ms) | success, undisturbed | success, disturbed |")
     print("|---|---|---|---|")

@@ -24,7 +24,8 @@ def test_demo_runs_end_to_end_and_writes_report_and_picture(tmp_path):
     )
     report = run_demo(settings)
     assert set(report["results"]) == {
-        "teacher (10 steps)", "1-step CFM", "IMLE student (1 sample)", "IMLE student", "regression", "random",
+        "teacher (10 steps)", "1-step CFM", "IMLE student (1 sample)", "IMLE student", "IMLE student (density rule)",
+        "regression", "random",
     }  # fmt: skip
     student = report["results"]["IMLE student"]
     assert {"success_rate", "modes_covered", "mode_entropy", "off_manifold", "latency"} <= set(student)

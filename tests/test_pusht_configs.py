@@ -17,7 +17,8 @@ from lerobot_flowstep.policies.imle_student.configuration_imle_student import Im
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "pusht"
 
 
-def test_teacher_and_diffusion_configs_parse_and_agree() -> None:
+def test_teacher_and_diffusion_configs_parse_and_agree(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # validate() refuses an existing output_dir, e.g. a benchmark run's
     teacher = TrainPipelineConfig.from_pretrained(CONFIGS / "teacher.json", cli_args=[])
     diffusion = TrainPipelineConfig.from_pretrained(CONFIGS / "diffusion.json", cli_args=[])
     assert isinstance(teacher.policy, FlowstepTeacherConfig) and isinstance(diffusion.policy, DiffusionConfig)
@@ -25,8 +26,10 @@ def test_teacher_and_diffusion_configs_parse_and_agree() -> None:
         assert isinstance(cfg.env, PushtEnv) and cfg.env.obs_type == "environment_state_agent_pos"
         assert cfg.dataset.repo_id == "local/pusht_keypoints" and cfg.env_eval_freq == 0
         cfg.validate()
-    for name in ("n_obs_steps", "horizon", "n_action_steps"):
+    for name in ("n_obs_steps", "horizon", "n_action_steps", "drop_n_last_frames"):
         assert getattr(teacher.policy, name) == getattr(diffusion.policy, name)
+    # Every config trains on the same episodes and holds the rest out for the distillation diagnosis.
+    assert teacher.dataset.episodes == diffusion.dataset.episodes == list(range(200))
     # The U-Net teacher: the diffusion policy's network, steps and batch size, so only the objective differs.
     unet = TrainPipelineConfig.from_pretrained(CONFIGS / "teacher_unet.json", cli_args=[])
     assert unet.policy.network.type == "unet"

@@ -160,6 +160,44 @@ def test_candidate_selection_prefers_consistency_then_density():
     previous = torch.cat([torch.zeros(shift, 1), right[: horizon - shift]])[None]
     choice = select_candidate(samples[None], previous, shift).item()
     assert samples[choice].mean() > 0.5
+    # The density rule ignores the previous plan: the densest cluster (left, three samples) wins.
+    choice = select_candidate(samples[None], previous, shift, rule="density").item()
+    assert samples[choice].mean() < -0.5
+
+
+def test_consistent_density_keeps_the_mode_but_not_a_stray_copy_of_the_old_plan():
+    from lerobot_flowstep.policies.imle_student.modeling_imle_student import select_candidate
+
+    horizon, shift = 6, 2
+    previous = torch.ones(1, horizon, 1)  # the old plan: the right mode, at 1.0
+    left = [torch.full((horizon, 1), v) for v in (-1.0, -1.01, -0.99)]
+    right = [torch.full((horizon, 1), v) for v in (1.1, 1.15, 1.2)]  # the right mode's typical samples
+    stray = torch.ones(horizon, 1)
+    stray[horizon - shift :] = 3.0  # copies the old plan exactly, then leaves the mode
+    samples = torch.stack([*left, *right, stray, torch.zeros(horizon, 1)])[None]  # (1, 8, H, 1)
+    assert select_candidate(samples, previous, shift, "consistency").item() == 6
+    assert select_candidate(samples, previous, shift, "consistent_density").item() == 3
+    assert select_candidate(samples, None, shift, "consistent_density").item() not in (6, 7)
+
+
+def test_candidate_selection_rule_is_validated_and_used_by_the_policy(teacher_dir):
+    with pytest.raises(
+        ValueError, match=r"candidate_selection must be one of \('consistency', 'density', 'consistent_density'\)"
+    ):
+        ImleStudentConfig(device="cpu", candidate_selection="closest")
+    student = _student(teacher_dir, candidate_selection="density", num_inference_candidates=8).eval()
+    batch = _batch()
+    with torch.no_grad():
+        cond = student.encode(batch)
+        student._last_chunk = torch.zeros_like(batch["action"])  # a previous plan, which the rule ignores
+        torch.manual_seed(0)
+        chunk = student._chunk_from_cond(cond)
+        torch.manual_seed(0)
+        samples = student.sample({}, num_samples=8, cond=cond)
+    from lerobot_flowstep.policies.imle_student.modeling_imle_student import sparsity
+
+    expected = samples[torch.arange(samples.shape[0]), sparsity(samples).argmin(dim=1)]
+    torch.testing.assert_close(chunk, expected)
 
 
 def test_resuming_after_the_teacher_folder_moved_names_the_folder(teacher_dir, tmp_path):

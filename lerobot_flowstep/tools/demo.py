@@ -6,7 +6,8 @@
 4. the one-step IMLE student, distilled from the cache; the regression baseline (same network, L2);
 5. every method reloaded from its saved checkpoint and evaluated with LeRobot's `eval_policy` on the same
    seeded episodes: teacher (N steps), teacher with 1 Euler step (naive one-step CFM), student (its default
-   16 candidates in one batched pass, and a single sample), regression;
+   16 candidates in one batched pass with the consistency and the density rule, and a single sample),
+   regression;
 6. chunk latency at batch 1, a table, a JSON report and the mode-collapse picture.
 """
 
@@ -156,6 +157,7 @@ def run_demo(settings: DemoSettings) -> dict:
         "1-step CFM": (teacher_ckpt, {"num_inference_steps": 1}),
         "IMLE student (1 sample)": (student_ckpt, {"num_inference_candidates": 1}),
         "IMLE student": (student_ckpt, {}),
+        "IMLE student (density rule)": (student_ckpt, {"candidate_selection": "density"}),
         "regression": (regression_ckpt, {}),
     }
     eval_seed = 100_000 + settings.seed  # disjoint from the seeds that generated the demonstrations
@@ -212,14 +214,14 @@ def machine_description() -> str:
 
 
 def format_table(results: dict, num_modes: int) -> str:
-    header = f"{'method':<22}{'success':>9}{'modes':>8}{'entropy':>9}{'off-manif.':>12}{'chunk ms':>10}{'Hz':>9}"
+    header = f"{'method':<29}{'success':>9}{'modes':>8}{'entropy':>9}{'off-manif.':>12}{'chunk ms':>10}{'Hz':>9}"
     lines = [header, "-" * len(header)]
     for name, r in results.items():
         if "latency" not in r:
-            lines.append(f"{name:<22}{r['success_rate']:>9.1%}")
+            lines.append(f"{name:<29}{r['success_rate']:>9.1%}")
             continue
         lines.append(
-            f"{name:<22}{r['success_rate']:>9.1%}{r['modes_covered']:>5}/{num_modes:<2}{r['mode_entropy']:>9.3f}"
+            f"{name:<29}{r['success_rate']:>9.1%}{r['modes_covered']:>5}/{num_modes:<2}{r['mode_entropy']:>9.3f}"
             f"{r['off_manifold']:>12.1%}{r['latency']['median_ms']:>10.3f}{r['latency']['hz']:>9.0f}"
         )
     return "\n".join(lines)

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from lerobot.configs import PreTrainedConfig
 from lerobot.envs.factory import make_env, make_env_pre_post_processors
 from lerobot.policies.pretrained import PreTrainedPolicy
 from lerobot.processor import PolicyProcessorPipeline
@@ -22,9 +24,28 @@ from lerobot.scripts.lerobot_eval import eval_policy
 from lerobot.utils.constants import OBS_STATE
 from torch import Tensor
 
-from lerobot_flowstep.core.imle import chamfer_terms
+from lerobot_flowstep.core.imle import chamfer_terms, trajectory_distances
 from lerobot_flowstep.envs import ObstacleEnvConfig, ObstacleLayout, classify_trajectory
 from lerobot_flowstep.policies.common.policy_base import FlowstepBasePolicy
+
+
+def energy_distance(a: Tensor, b: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Energy distance between two sample sets per observation, with the unbiased within-set terms:
+    2 E|A-B| - E|A-A'| - E|B-B'|, where |.| is the root of `trajectory_distances` (a Euclidean norm). It is
+    zero in expectation only when both sets come from one distribution, so, unlike Chamfer at a finite number
+    of samples, a set shrunk towards its modes' means does not score better than a faithful copy.
+
+    a: (B, M, H, A); b: (B, K, H, A); mask: (B, H). Returns (distance, spread of a, spread of b), each (B,),
+    where a spread is the mean distance between two distinct samples of the set.
+    """
+
+    def spread(x: Tensor) -> Tensor:
+        n = x.shape[1]
+        return trajectory_distances(x, x, mask).clamp_min(0).sqrt().sum(dim=(1, 2)) / (n * (n - 1))
+
+    cross = trajectory_distances(a, b, mask).clamp_min(0).sqrt().mean(dim=(1, 2))
+    spread_a, spread_b = spread(a), spread(b)
+    return 2 * cross - spread_a - spread_b, spread_a, spread_b
 
 
 @torch.no_grad()
@@ -36,13 +57,21 @@ def sample_chamfer(
     seed: int = 0,
     **teacher_generate_kwargs,
 ) -> dict[str, float]:
-    """Mean coverage and fidelity of `policy` samples against `teacher` samples on preprocessed observations."""
+    """`policy` samples against `teacher` samples on preprocessed observations, means over observations:
+    Chamfer coverage and fidelity, energy distance, and the spread ratio (mean distance between two policy
+    samples over that between two teacher samples: below 1, the policy's samples are shrunk or collapsed)."""
     generator = torch.Generator().manual_seed(seed)
     teacher_samples = teacher.sample(batch, num_samples, generator=generator, **teacher_generate_kwargs)
     policy_samples = policy.sample(batch, num_samples, generator=generator)
     mask = ~batch["action_is_pad"] if "action_is_pad" in batch else None
     coverage, fidelity = chamfer_terms(teacher_samples, policy_samples, mask)
-    return {"coverage": coverage.mean().item(), "fidelity": fidelity.mean().item()}
+    energy, teacher_spread, policy_spread = energy_distance(teacher_samples, policy_samples, mask)
+    return {
+        "coverage": coverage.mean().item(),
+        "fidelity": fidelity.mean().item(),
+        "energy_distance": energy.mean().item(),
+        "spread_ratio": (policy_spread.mean() / teacher_spread.mean()).item(),
+    }
 
 
 @dataclass
@@ -131,6 +160,33 @@ def rollout_mode_report(
     return mode_statistics(modes, successes, num_modes), trajectories
 
 
+def held_out_batch(
+    config: PreTrainedConfig,
+    preprocessor: PolicyProcessorPipeline,
+    repo_id: str,
+    root: str | Path | None,
+    episodes: list[int],
+    num_frames: int = 128,
+    seed: int = 0,
+) -> dict[str, Tensor]:
+    """Up to `num_frames` frames drawn at random (from `seed`) from the given (held-out) episodes of a dataset,
+    read as training reads them (`config`'s observation history and chunk) and preprocessed."""
+    from lerobot.datasets.factory import resolve_delta_timestamps
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
+
+    meta = LeRobotDatasetMetadata(repo_id, root=root)
+    unknown = sorted(set(episodes) - set(range(meta.total_episodes)))
+    if unknown:
+        raise ValueError(f"Episodes {unknown} are not in {repo_id} ({meta.total_episodes} episodes).")
+    dataset = LeRobotDataset(
+        repo_id, root=root, episodes=episodes, delta_timestamps=resolve_delta_timestamps(config, meta)
+    )
+    generator = torch.Generator().manual_seed(seed)
+    frames = torch.randperm(len(dataset), generator=generator)[:num_frames]
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, frames.tolist()), batch_size=len(frames))
+    return preprocessor(next(iter(loader)))
+
+
 def held_out_chamfer(
     policy_path: str,
     teacher_path: str,
@@ -148,25 +204,15 @@ def held_out_chamfer(
     Both policies see the observation through the teacher's preprocessor, whose normalization the student
     shares, so the two Chamfer directions are in one action space.
     """
-    from lerobot.datasets.factory import resolve_delta_timestamps
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
-
     from lerobot_flowstep.tools.checkpoints import load_checkpoint
 
     teacher, preprocessor, _ = load_checkpoint(teacher_path)
     policy, _, _ = load_checkpoint(policy_path)
-    meta = LeRobotDatasetMetadata(repo_id, root=root)
-    dataset = LeRobotDataset(
-        repo_id, root=root, episodes=episodes, delta_timestamps=resolve_delta_timestamps(teacher.config, meta)
-    )
-    generator = torch.Generator().manual_seed(seed)
-    frames = torch.randperm(len(dataset), generator=generator)[:num_frames]
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, frames.tolist()), batch_size=len(frames))
-    batch = preprocessor(next(iter(loader)))
+    batch = held_out_batch(teacher.config, preprocessor, repo_id, root, episodes, num_frames, seed)
     kwargs = {}
     if teacher_num_steps is not None:
         kwargs["num_steps"] = teacher_num_steps
     if teacher_solver is not None:
         kwargs["solver"] = teacher_solver
     result = sample_chamfer(policy, teacher, batch, num_samples, seed, **kwargs)
-    return {**result, "frames": len(frames), "samples_per_frame": num_samples}
+    return {**result, "frames": batch["index"].shape[0], "samples_per_frame": num_samples}

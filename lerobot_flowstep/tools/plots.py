@@ -84,3 +84,51 @@ def plot_benchmark(results: dict[str, dict], disturbance: dict[str, dict], path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_distillation_curves(
+    chamfer: dict[int, dict[str, float]],
+    references: dict[str, dict[str, float]],
+    success: dict[int, dict],
+    success_references: dict[str, dict],
+    path: Path,
+) -> Path:
+    """Distillation as it proceeds: Chamfer coverage and fidelity of the student's samples against the
+    teacher's (per distillation step), and closed-loop success with its 95 % interval; `references` and
+    `success_references` are drawn as horizontal lines (e.g. the teacher's own sampler, one-step CFM)."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, key in zip(axes[:2], ("coverage", "fidelity"), strict=True):
+        steps = sorted(chamfer)
+        ax.plot(steps, [chamfer[s][key] for s in steps], "o-", color="k", label="student (1 sample)")
+        for color, (name, ref) in zip(colors, references.items(), strict=False):
+            ax.axhline(ref[key], color=color, linestyle="--", label=name)
+        ax.set_yscale("log")
+        ax.set_xlabel("distillation step")
+        ax.set_ylabel(f"Chamfer {key} (normalized actions)")
+        ax.set_title(f"{key} against the teacher's samples, held-out frames", fontsize=10)
+    axes[0].legend(fontsize=8)
+    ax = axes[2]
+    if success:
+        steps = sorted(success)
+        rates = [success[s]["success_rate"] for s in steps]
+        errors = np.array(
+            [
+                [r - success[s]["success_ci95"][0], success[s]["success_ci95"][1] - r]
+                for s, r in zip(steps, rates, strict=True)
+            ]
+        ).T
+        ax.errorbar(
+            steps, rates, yerr=np.clip(errors, 0, None), fmt="o-", color="k", capsize=3, label="student (1 sample)"
+        )
+    for color, (name, ref) in zip(colors, success_references.items(), strict=False):
+        ax.axhline(ref["success_rate"], color=color, linestyle="--", label=f"{name} ({ref['episodes']} episodes)")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("distillation step")
+    ax.set_ylabel("success rate")
+    ax.set_title("closed-loop success (lerobot-eval)", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

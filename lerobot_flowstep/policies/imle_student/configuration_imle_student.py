@@ -16,6 +16,8 @@ from lerobot_flowstep.policies.common.config_base import FlowstepBaseConfig
 # What the student copies from its teacher, so that both see the same observations, predict the same
 # chunks and share one normalization. `input_features` included: a teacher trained on a subset of the
 # dataset's features (e.g. the point cloud without the images) has a student that sees that subset.
+CANDIDATE_RULES = ("consistency", "density", "consistent_density")
+
 INHERITED_FIELDS = (
     "input_features",
     "n_obs_steps",
@@ -74,9 +76,12 @@ class ImleStudentConfig(FlowstepBaseConfig):
     init_from_teacher: start the encoder and generator from the teacher's encoder and velocity network
         (the generator is z + f(z, t=0 | obs), which is exactly the teacher's one-step Euler sampler at
         initialization).
-    num_inference_candidates: at inference, draw this many latents in one batched forward pass and keep the
-        chunk most consistent with the previous chunk (smoother receding-horizon control), or, for the first
-        chunk of an episode, the one in the densest region of the candidates; 1 = a single sample.
+    num_inference_candidates: at inference, draw this many latents in one batched forward pass and keep one
+        chunk by `candidate_selection`; 1 = a single sample.
+    candidate_selection: "consistency" keeps the chunk most consistent with the previous chunk (smoother
+        receding-horizon control); "density" the one in the densest region of the candidates; and
+        "consistent_density" the densest among the quarter most consistent with the previous chunk. The
+        first chunk of an episode is the densest candidate under every rule.
     """
 
     teacher_path: str | None = None
@@ -96,6 +101,7 @@ class ImleStudentConfig(FlowstepBaseConfig):
     teacher_cache_path: str | None = None
     init_from_teacher: bool = True
     num_inference_candidates: int = 16
+    candidate_selection: str = "consistency"
 
     def __post_init__(self) -> None:
         if self.objective != "imle":
@@ -104,6 +110,10 @@ class ImleStudentConfig(FlowstepBaseConfig):
                 "--policy.type=flowstep_regression (for a checkpoint saved with objective=regression, set "
                 '"type": "flowstep_regression" in its config.json and delete the fields that '
                 "FlowstepRegressionConfig lacks, which are the student's own)."
+            )
+        if self.candidate_selection not in CANDIDATE_RULES:
+            raise ValueError(
+                f"candidate_selection must be one of {CANDIDATE_RULES}, got '{self.candidate_selection}'."
             )
         if self.teacher_ode_solver not in SOLVERS:
             raise ValueError(f"teacher_ode_solver must be one of {SOLVERS}, got '{self.teacher_ode_solver}'.")

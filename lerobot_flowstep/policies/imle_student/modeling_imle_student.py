@@ -16,22 +16,42 @@ from lerobot_flowstep.policies.imle_student.configuration_imle_student import (
 from lerobot_flowstep.policies.imle_student.teacher_cache import TeacherCache
 
 
-def select_candidate(samples: Tensor, previous: Tensor | None, shift: int) -> Tensor:
-    """Index (B,) of the candidate chunk to execute among samples (B, L, H, A).
-
-    With a previous chunk: the candidate that agrees best with what the previous chunk planned for the same
-    steps (the previous chunk shifted by the `shift` executed actions), as IMLE Policy does, so that
-    re-planning does not switch modes. Without one (first step of an episode): the candidate in the densest
-    region of the candidates, the smallest mean distance to its nearest quarter of the others, so that a
-    rare sample between modes is not executed; which mode is chosen stays random.
-    """
-    if previous is not None:
-        overlap = samples.shape[2] - shift
-        return ((samples[:, :, :overlap] - previous[:, None, shift:]) ** 2).mean(dim=(-1, -2)).argmin(dim=1)
+def sparsity(samples: Tensor) -> Tensor:
+    """(B, L): each candidate's mean distance to its nearest quarter of the other candidates (B, L, H, A); low
+    in a dense region. A rare sample between modes scores high; which mode scores low stays random (each
+    mode's samples are dense around it)."""
     distances = trajectory_distances(samples, samples)  # (B, L, L), zero on the diagonal
     k = max(1, samples.shape[1] // 4)
-    nearest = distances.sort(dim=-1).values[..., 1 : k + 1]
-    return nearest.mean(dim=-1).argmin(dim=1)
+    return distances.sort(dim=-1).values[..., 1 : k + 1].mean(dim=-1)
+
+
+def plan_disagreement(samples: Tensor, previous: Tensor, shift: int) -> Tensor:
+    """(B, L): how far each candidate is from what the previous chunk (B, H, A) planned for the same steps
+    (the previous chunk shifted by the `shift` executed actions)."""
+    overlap = samples.shape[2] - shift
+    return ((samples[:, :, :overlap] - previous[:, None, shift:]) ** 2).mean(dim=(-1, -2))
+
+
+def select_candidate(samples: Tensor, previous: Tensor | None, shift: int, rule: str = "consistency") -> Tensor:
+    """Index (B,) of the candidate chunk to execute among samples (B, L, H, A), by `rule`:
+
+    - "consistency": the candidate closest to the previous plan, as IMLE Policy does, so that re-planning does
+      not switch modes;
+    - "density": the densest candidate at every re-plan, whatever was planned before;
+    - "consistent_density": the densest candidate among the quarter closest to the previous plan: the mode is
+      kept as with "consistency", but within it the typical sample is executed, not the one that best copies a
+      plan made from an older observation.
+
+    Every rule takes the densest candidate for an episode's first chunk (no previous plan).
+    """
+    if previous is None or rule == "density":
+        return sparsity(samples).argmin(dim=1)
+    disagreement = plan_disagreement(samples, previous, shift)
+    if rule == "consistency":
+        return disagreement.argmin(dim=1)
+    # Density among all candidates, so that it is measured against the whole set, not the few kept.
+    closest = disagreement.topk(max(1, samples.shape[1] // 4), dim=1, largest=False).indices  # (B, L/4)
+    return closest.gather(1, sparsity(samples).gather(1, closest).argmin(dim=1, keepdim=True)).squeeze(1)
 
 
 class ImleStudentPolicy(FlowstepBasePolicy):
@@ -120,7 +140,7 @@ class ImleStudentPolicy(FlowstepBasePolicy):
         if previous is not None and previous.shape[0] != cond.shape[0]:
             # A chunk planned for a batch of another size (a direct call after a rollout) is no plan for this one.
             previous = None
-        best = select_candidate(samples, previous, self.config.n_action_steps)
+        best = select_candidate(samples, previous, self.config.n_action_steps, self.config.candidate_selection)
         chunk = samples[torch.arange(samples.shape[0], device=samples.device), best]
         self._last_chunk = chunk
         return chunk
