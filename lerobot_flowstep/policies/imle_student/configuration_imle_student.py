@@ -16,8 +16,6 @@ from lerobot_flowstep.policies.common.config_base import FlowstepBaseConfig
 # What the student copies from its teacher, so that both see the same observations, predict the same
 # chunks and share one normalization. `input_features` included: a teacher trained on a subset of the
 # dataset's features (e.g. the point cloud without the images) has a student that sees that subset.
-CANDIDATE_RULES = ("consistency", "density", "consistent_density")
-
 INHERITED_FIELDS = (
     "input_features",
     "n_obs_steps",
@@ -29,6 +27,10 @@ INHERITED_FIELDS = (
     "network",
     "pointcloud",
 )
+
+
+# How the executed chunk is chosen among the inference candidates (`select_candidate`).
+CANDIDATE_RULES = ("consistency", "density", "consistent_density")
 
 
 def load_teacher_config(teacher_path: str) -> PreTrainedConfig:
@@ -112,9 +114,7 @@ class ImleStudentConfig(FlowstepBaseConfig):
                 "FlowstepRegressionConfig lacks, which are the student's own)."
             )
         if self.candidate_selection not in CANDIDATE_RULES:
-            raise ValueError(
-                f"candidate_selection must be one of {CANDIDATE_RULES}, got '{self.candidate_selection}'."
-            )
+            raise ValueError(f"candidate_selection must be one of {CANDIDATE_RULES}, got '{self.candidate_selection}'.")
         if self.teacher_ode_solver not in SOLVERS:
             raise ValueError(f"teacher_ode_solver must be one of {SOLVERS}, got '{self.teacher_ode_solver}'.")
         for name in ("num_teacher_samples", "num_student_samples", "num_candidate_sets", "num_inference_candidates"):
