@@ -49,6 +49,7 @@ from lerobot.policies.factory import make_pre_post_processors
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from lerobot_flowstep.core.flow_matching import SOLVERS
 from lerobot_flowstep.datasets.zarr import convert_zarr
 from lerobot_flowstep.tools.cache_teacher import cache_from_samples
 from lerobot_flowstep.tools.checkpoints import load_checkpoint
@@ -215,18 +216,18 @@ def diagnose_distillation(
     path = output / "diagnosis.json"
     report = json.loads(path.read_text()) if path.exists() else {}
     settings = {
-        "reference": f"teacher, {args.cache_steps} Heun steps",
+        "reference": f"teacher, {args.reference_steps} Heun steps",
         "held_out_episodes": held_out,
         "frames": args.diagnosis_frames,
         "samples_per_frame": args.diagnosis_samples,
     }
     if report.get("settings") != settings:
-        report = {"settings": settings, "references": {}, "student": {}}
+        report = {"settings": settings, "references": {}}
     teacher, preprocessor, _ = load_checkpoint(checkpoints["teacher"])
     batch = held_out_batch(
         teacher.config, preprocessor, cfg.dataset.repo_id, cfg.dataset.root, held_out, args.diagnosis_frames
     )
-    reference = {"num_steps": args.cache_steps, "solver": "heun"}
+    reference = {"num_steps": args.reference_steps, "solver": "heun"}
 
     def measure(policy) -> dict:
         return sample_chamfer(policy, teacher, batch, args.diagnosis_samples, seed=0, **reference)
@@ -240,8 +241,8 @@ def diagnose_distillation(
     variants = {
         f"teacher, {config.num_inference_steps} {config.ode_solver.capitalize()} steps (deployed)": {},
         "one-step CFM (teacher, 1 Euler step)": {"num_inference_steps": 1, "ode_solver": "euler"},
-        f"floor: a second draw of the reference ({args.cache_steps} Heun)": {
-            "num_inference_steps": args.cache_steps,
+        f"floor: a second draw of the reference ({args.reference_steps} Heun)": {
+            "num_inference_steps": args.reference_steps,
             "ode_solver": "heun",
         },
     }
@@ -249,13 +250,14 @@ def diagnose_distillation(
         if name not in report["references"]:
             report["references"][name] = measure(load_checkpoint(checkpoints["teacher"], **overrides)[0])
             save()
-    for step in tqdm(student_steps, desc="diagnose student checkpoints"):
-        if str(step) not in report["student"]:
+    curve = report.setdefault(student_dir.name, {})
+    for step in tqdm(student_steps, desc=f"diagnose {student_dir.name} checkpoints"):
+        if str(step) not in curve:
             if step == 0:  # the student's initialization: the teacher's one-step Euler sampler, by construction
                 policy = load_checkpoint(checkpoints["teacher"], num_inference_steps=1, ode_solver="euler")[0]
             else:
                 policy = load_checkpoint(student_checkpoint(student_dir, step, cfg.steps))[0]
-            report["student"][str(step)] = measure(policy)
+            curve[str(step)] = measure(policy)
             save()
     return report
 
@@ -272,7 +274,10 @@ def main() -> None:
     parser.add_argument("--output", default="outputs/pusht")
     parser.add_argument("--configs", type=Path, default=CONFIGS, help="folder of teacher/student/diffusion.json")
     parser.add_argument("--cache-samples", type=int, default=16, help="teacher samples cached per frame")
-    parser.add_argument("--cache-steps", type=int, default=10, help="Heun steps per cached teacher sample")
+    parser.add_argument("--cache-steps", type=int, default=10, help="ODE steps per cached teacher sample")
+    parser.add_argument("--cache-solver", choices=SOLVERS, default="heun", help="ODE solver of the cached samples")
+    parser.add_argument("--student-steps", type=int, help="distillation steps (default: the student config's)")
+    parser.add_argument("--reference-steps", type=int, default=10, help="Heun steps of the diagnosis reference")
     parser.add_argument("--eval-episodes", type=int, default=500, help="episodes of each headline evaluation")
     parser.add_argument("--curve-episodes", type=int, default=100, help="episodes per point of the success curve")
     parser.add_argument("--eval-batch-size", type=int, default=50)
@@ -320,7 +325,14 @@ def main() -> None:
         checkpoints["teacher_unet"] = train(unet_cfg, output / "teacher_unet", samples, "teacher_unet")
     diagnosis, student_steps = None, []
     if "student" in models:
-        cache_path = output / "teacher" / "teacher_samples.safetensors"
+        # The default recipe keeps the plain names; a variant (another cache sampler or budget) gets its own.
+        variant = (
+            "" if (args.cache_solver, args.cache_steps) == ("heun", 10) else f"_{args.cache_solver}{args.cache_steps}"
+        )
+        cache_path = output / "teacher" / f"teacher_samples{variant}.safetensors"
+        steps_override = [f"--steps={args.student_steps}"] if args.student_steps else []
+        variant += f"_{args.student_steps}steps" if args.student_steps else ""
+        student_name = f"student{variant}"
         if not cache_path.exists():
             start = time.perf_counter()
             teacher, _, _ = load_checkpoint(checkpoints["teacher"])
@@ -331,7 +343,7 @@ def main() -> None:
                 cache_path,
                 args.cache_samples,
                 args.cache_steps,
-                "heun",
+                args.cache_solver,
                 teacher_cfg.seed,
             )
             record_timing(output / "teacher", "teacher_cache_s", time.perf_counter() - start)
@@ -342,9 +354,10 @@ def main() -> None:
             f"--policy.teacher_path={checkpoints['teacher']}",
             f"--policy.teacher_cache_path={cache_path}",
             f"--policy.num_teacher_samples={args.cache_samples}",
+            *steps_override,
         )
-        student_dir = output / "student"
-        checkpoints["student"] = train(student_cfg, student_dir, samples, "student", args.save_every)
+        student_dir = output / student_name
+        checkpoints[student_name] = train(student_cfg, student_dir, samples, student_name, args.save_every)
         student_steps = sorted({0, *range(args.save_every, student_cfg.steps, args.save_every), student_cfg.steps})
         if held_out:
             diagnosis = diagnose_distillation(
@@ -371,15 +384,32 @@ def main() -> None:
     small = f"{diffusion_cfg.steps // 1000}k x {diffusion_cfg.batch_size}"
     teacher = Evaluation(f"teacher ({teacher_steps} steps), {budget}", "teacher")
     one_step = Evaluation("one-step CFM (teacher, 1 Euler step)", "teacher", {"num_inference_steps": 1})
-    student = Evaluation("student (16 candidates, consistency rule)", "student")
-    student_density = Evaluation("student (16 candidates, density rule)", "student", {"candidate_selection": "density"})
-    student_1 = Evaluation("student (1 sample)", "student", {"num_inference_candidates": 1})
+    # The teacher as the cache samples it (the student's targets), against its deployed sampler.
+    teacher_cache_sampler = Evaluation(
+        f"teacher ({args.cache_steps} Heun steps, the cache's sampler)",
+        "teacher",
+        {"num_inference_steps": args.cache_steps, "ode_solver": "heun"},
+    )
+    tag = f" [{student_name.removeprefix('student_')}]" if "student" in models and student_name != "student" else ""
+    student_name = student_name if "student" in models else "student"
+    student = Evaluation(f"student{tag} (16 candidates, consistency rule)", student_name)
+    student_density = Evaluation(
+        f"student{tag} (16 candidates, density rule)", student_name, {"candidate_selection": "density"}
+    )
+    student_consistent_density = Evaluation(
+        f"student{tag} (16 candidates, consistent_density rule)",
+        student_name,
+        {"candidate_selection": "consistent_density"},
+    )
+    student_1 = Evaluation(f"student{tag} (1 sample)", student_name, {"num_inference_candidates": 1})
     ddim = Evaluation(
         f"diffusion (DDIM-10), {small}", "diffusion", {"noise_scheduler_type": "DDIM", "num_inference_steps": 10}
     )
     teacher_small = Evaluation(f"teacher ({teacher_steps} steps), diffusion's budget {small}", "teacher_equal_budget")
     teacher_unet = Evaluation(f"teacher, U-Net ({teacher_steps} steps), {small}", "teacher_unet")
-    evaluations = [teacher, one_step, student, student_density, student_1, teacher_small, teacher_unet, ddim]
+    evaluations = [teacher, teacher_cache_sampler, one_step, student, student_density, student_consistent_density]
+    evaluations += [student_1]
+    evaluations += [teacher_small, teacher_unet, ddim]
     if not args.no_ddpm:
         evaluations.append(Evaluation(f"diffusion (DDPM-100), {small}", "diffusion"))
 
@@ -391,7 +421,7 @@ def main() -> None:
             latencies[key] = pusht_chunk_latency(checkpoints[evaluation.model], **evaluation.policy_args)
         return latencies[key]
 
-    evaluations = [e for e in evaluations if e.model in models]
+    evaluations = [e for e in evaluations if e.model in checkpoints]
     results = {
         e.name: run_eval(e, checkpoints[e.model], output, args, latency_of(e), args.eval_episodes) for e in evaluations
     }
@@ -400,15 +430,19 @@ def main() -> None:
     # distribution itself, no selection rule), on the first --curve-episodes seeds.
     curve = {}
     for step in student_steps[1:]:
-        evaluation = Evaluation(f"student at step {step}", f"student_{step:06d}", {"num_inference_candidates": 1})
-        checkpoint = student_checkpoint(output / "student", step, student_cfg.steps)
+        evaluation = Evaluation(
+            f"{student_name} at step {step}", f"{student_name}_{step:06d}", {"num_inference_candidates": 1}
+        )
+        checkpoint = student_checkpoint(output / student_name, step, student_cfg.steps)
         curve[step] = run_eval(evaluation, checkpoint, output, args, {}, args.curve_episodes)
     if diagnosis is not None:
         success_references = {name: results[e.name] for name, e in (("teacher", teacher), ("one-step CFM", one_step))}
         references = {name: r for name, r in diagnosis["references"].items() if not name.startswith("floor")}
         floor = {name: r for name, r in diagnosis["references"].items() if name.startswith("floor")}
-        chamfer = {int(step): r for step, r in diagnosis["student"].items()}
-        plot_distillation_curves(chamfer, references | floor, curve, success_references, output / "distillation.png")
+        chamfer = {int(step): r for step, r in diagnosis[student_name].items()}
+        plot_distillation_curves(
+            chamfer, references | floor, curve, success_references, output / f"distillation{variant}.png"
+        )
 
     # The disturbance test: re-planning as often as the latency allows, and as trained (every n_action_steps),
     # with and without the push. The undisturbed run at the trained period is the evaluation above.
@@ -441,7 +475,7 @@ def main() -> None:
     report |= {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "results": results,
-        "success_curve": report.get("success_curve", {}) | {str(k): v for k, v in curve.items()},
+        "success_curve": report.get("success_curve", {}) | {f"{student_name} {k}": v for k, v in curve.items()},
         "disturbance": disturbance,
     }
     report_path.write_text(json.dumps(report, indent=2))
@@ -449,12 +483,14 @@ def main() -> None:
     print(markdown_table(results))
     if curve:
         print()
-        print(markdown_table({f"student at step {k} (1 sample)": v for k, v in curve.items()}))
+        print(markdown_table({f"{student_name} at step {k} (1 sample)": v for k, v in curve.items()}))
     if diagnosis is not None:
         print()
         print("| Chamfer against the teacher's samples, held-out frames | coverage | fidelity |")
         print("|---|---|---|")
-        rows = {**diagnosis["references"], **{f"student at step {k}": v for k, v in diagnosis["student"].items()}}
+        rows = dict(diagnosis["references"])
+        for name in (k for k in diagnosis if k.startswith("student")):
+            rows |= {f"{name} at step {k}": v for k, v in diagnosis[name].items()}
         for name, r in rows.items():
             print(f"| {name} | {r['coverage']:.4f} | {r['fidelity']:.4f} |")
     print()
