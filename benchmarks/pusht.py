@@ -326,12 +326,12 @@ def main() -> None:
     diagnosis, student_steps = None, []
     if "student" in models:
         # The default recipe keeps the plain names; a variant (another cache sampler or budget) gets its own.
-        variant = (
+        cache_variant = (
             "" if (args.cache_solver, args.cache_steps) == ("heun", 10) else f"_{args.cache_solver}{args.cache_steps}"
         )
-        cache_path = output / "teacher" / f"teacher_samples{variant}.safetensors"
+        cache_path = output / "teacher" / f"teacher_samples{cache_variant}.safetensors"
         steps_override = [f"--steps={args.student_steps}"] if args.student_steps else []
-        variant += f"_{args.student_steps}steps" if args.student_steps else ""
+        variant = cache_variant + (f"_{args.student_steps}steps" if args.student_steps else "")
         student_name = f"student{variant}"
         if not cache_path.exists():
             start = time.perf_counter()
@@ -346,7 +346,7 @@ def main() -> None:
                 args.cache_solver,
                 teacher_cfg.seed,
             )
-            record_timing(output / "teacher", "teacher_cache_s", time.perf_counter() - start)
+            record_timing(output / "teacher", f"teacher_cache{cache_variant}_s", time.perf_counter() - start)
         student_cfg = train_config(
             args.configs,
             "student",
@@ -392,7 +392,9 @@ def main() -> None:
     )
     tag = f" [{student_name.removeprefix('student_')}]" if "student" in models and student_name != "student" else ""
     student_name = student_name if "student" in models else "student"
-    student = Evaluation(f"student{tag} (16 candidates, consistency rule)", student_name)
+    student = Evaluation(
+        f"student{tag} (16 candidates, consistency rule)", student_name, {"candidate_selection": "consistency"}
+    )
     student_density = Evaluation(
         f"student{tag} (16 candidates, density rule)", student_name, {"candidate_selection": "density"}
     )
@@ -447,7 +449,9 @@ def main() -> None:
     # The disturbance test: re-planning as often as the latency allows, and as trained (every n_action_steps),
     # with and without the push. The undisturbed run at the trained period is the evaluation above.
     disturbance = {}
-    for base in (e for e in (teacher, student, student_1, ddim) if e.model in models and not args.no_disturbance):
+    for base in (
+        e for e in (teacher, student_density, student_1, ddim) if e.model in checkpoints and not args.no_disturbance
+    ):
         latency = latency_of(base)
         config = PreTrainedConfig.from_pretrained(checkpoints[base.model])
         fastest = replan_period(latency["median_ms"], CONTROL_HZ, config.horizon - config.n_obs_steps + 1)
