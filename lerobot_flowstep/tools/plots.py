@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: CI and robots have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from lerobot_flowstep.envs import ObstacleLayout, classify_trajectory  # noqa: E402
 
@@ -93,22 +94,33 @@ def plot_distillation_curves(
     success_references: dict[str, dict],
     path: Path,
 ) -> Path:
-    """Distillation as it proceeds: Chamfer coverage and fidelity of the student's samples against the
-    teacher's (per distillation step), and closed-loop success with its 95 % interval; `references` and
-    `success_references` are drawn as horizontal lines (e.g. the teacher's own sampler, one-step CFM)."""
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    """Distillation as it proceeds: the student's samples against the teacher's (Chamfer coverage and fidelity,
+    energy distance, spread ratio) per distillation step, and closed-loop success with its 95 % interval;
+    `references` and `success_references` are drawn as horizontal lines (e.g. the teacher's own sampler,
+    one-step CFM)."""
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, key in zip(axes[:2], ("coverage", "fidelity"), strict=True):
-        steps = sorted(chamfer)
-        ax.plot(steps, [chamfer[s][key] for s in steps], "o-", color="k", label="student (1 sample)")
-        for color, (name, ref) in zip(colors, references.items(), strict=False):
-            ax.axhline(ref[key], color=color, linestyle="--", label=name)
-        ax.set_yscale("log")
+    steps = sorted(chamfer)
+    panels = (
+        (("coverage", "fidelity"), "Chamfer (normalized actions)", "Chamfer: coverage (o), fidelity (s)", True),
+        (("energy_distance",), "energy distance", "energy distance (0 = a faithful copy)", False),
+        (("spread_ratio",), "spread ratio", "spread: policy / reference", False),
+    )
+    for ax, (keys, ylabel, title, log) in zip(axes[:3], panels, strict=True):
+        for key, marker in zip(keys, ("o", "s"), strict=False):
+            label = "student (1 sample)" if key == keys[0] else None
+            ax.plot(steps, [chamfer[s][key] for s in steps], f"{marker}-", color="k", label=label)
+            for color, (name, ref) in zip(colors, references.items(), strict=False):
+                ax.axhline(
+                    ref[key], color=color, linestyle="--" if marker == "o" else ":", label=name if label else None
+                )
+        if log:
+            ax.set_yscale("log")
         ax.set_xlabel("distillation step")
-        ax.set_ylabel(f"Chamfer {key} (normalized actions)")
-        ax.set_title(f"{key} against the teacher's samples, held-out frames", fontsize=10)
-    axes[0].legend(fontsize=8)
-    ax = axes[2]
+        ax.set_ylabel(ylabel)
+        ax.set_title(title + ", held-out frames", fontsize=9)
+    axes[0].legend(fontsize=7)
+    ax = axes[3]
     if success:
         steps = sorted(success)
         rates = [success[s]["success_rate"] for s in steps]
@@ -126,8 +138,10 @@ def plot_distillation_curves(
     ax.set_ylim(0, 1)
     ax.set_xlabel("distillation step")
     ax.set_ylabel("success rate")
-    ax.set_title("closed-loop success (lerobot-eval)", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.set_title("closed-loop success (lerobot-eval)", fontsize=9)
+    ax.legend(fontsize=7)
+    for ax in axes:
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g}k"))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
