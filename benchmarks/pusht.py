@@ -45,7 +45,6 @@ from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 from lerobot.envs.configs import PushtEnv
 from lerobot.envs.factory import make_env
 from lerobot.envs.utils import preprocess_observation
-from lerobot.policies.factory import make_pre_post_processors
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
@@ -112,10 +111,8 @@ def train(cfg: TrainPipelineConfig, run_dir: Path, samples: dict, label: str, sa
     if not (checkpoint / "model.safetensors").exists():
         start = time.perf_counter()
         config, root = cfg.policy, Path(cfg.dataset.root)
-        meta = LeRobotDatasetMetadata(cfg.dataset.repo_id, root=root)
-        preprocessor, postprocessor = make_pre_post_processors(config, dataset_stats=meta.stats)
 
-        def save_intermediate(step: int, policy) -> None:
+        def save_intermediate(step: int, policy, preprocessor, postprocessor) -> None:
             if save_every and step % save_every == 0 and step < cfg.steps:
                 save_checkpoint(policy, preprocessor, postprocessor, intermediate_checkpoint(run_dir, step))
 
@@ -323,7 +320,7 @@ def main() -> None:
     if "teacher_unet" in models:
         unet_cfg = train_config(args.configs, "teacher_unet", output)
         checkpoints["teacher_unet"] = train(unet_cfg, output / "teacher_unet", samples, "teacher_unet")
-    diagnosis, student_steps = None, []
+    diagnosis, student_steps, student_name, variant = None, [], "student", ""
     if "student" in models:
         # The default recipe keeps the plain names; a variant (another cache sampler or budget) gets its own.
         cache_variant = (
@@ -390,8 +387,7 @@ def main() -> None:
         "teacher",
         {"num_inference_steps": args.cache_steps, "ode_solver": "heun"},
     )
-    tag = f" [{student_name.removeprefix('student_')}]" if "student" in models and student_name != "student" else ""
-    student_name = student_name if "student" in models else "student"
+    tag = f" [{student_name.removeprefix('student_')}]" if student_name != "student" else ""
     student = Evaluation(
         f"student{tag} (16 candidates, consistency rule)", student_name, {"candidate_selection": "consistency"}
     )

@@ -27,10 +27,8 @@ def dataset(tmp_path_factory) -> Path:
     return generate_obstacle_dataset(tmp_path_factory.mktemp("data") / "data", repo_id=REPO_ID, num_episodes=4)
 
 
-def _lerobot_train_indices(root: Path, output: Path, steps: int, batch_size: int, episodes, monkeypatch) -> list:
-    """The frame indices of every batch that LeRobot's own training loop hands to the policy."""
-    from lerobot.scripts.lerobot_train import train
-
+def _record_batches(monkeypatch) -> list[list[int]]:
+    """The frame indices of every batch the teacher's training step receives, from now on."""
     seen: list[list[int]] = []
     forward = FlowstepTeacherPolicy.forward
 
@@ -39,6 +37,14 @@ def _lerobot_train_indices(root: Path, output: Path, steps: int, batch_size: int
         return forward(self, batch)
 
     monkeypatch.setattr(FlowstepTeacherPolicy, "forward", recording_forward)
+    return seen
+
+
+def _lerobot_train_indices(root: Path, output: Path, steps: int, batch_size: int, episodes, monkeypatch) -> list:
+    """The frame indices of every batch that LeRobot's own training loop hands to the policy."""
+    from lerobot.scripts.lerobot_train import train
+
+    seen = _record_batches(monkeypatch)
     cfg = TrainPipelineConfig(
         dataset=DatasetConfig(repo_id=REPO_ID, root=str(root), episodes=episodes),
         policy=_config(),
@@ -84,27 +90,18 @@ def test_an_epoch_draws_every_frame_that_starts_a_full_chunk_once(dataset):
     assert next(batches).tolist() != epoch  # the next epoch is reshuffled
 
 
-def test_training_on_chosen_episodes_never_sees_the_others(dataset, tmp_path):
+def test_training_on_chosen_episodes_never_sees_the_others(dataset, tmp_path, monkeypatch):
     meta = LeRobotDatasetMetadata(REPO_ID, root=dataset)
     config = _config()
     samples = load_samples(REPO_ID, dataset, config, meta)
     held_out = set(range(meta.episodes["dataset_from_index"][1], meta.episodes["dataset_to_index"][1]))
-    seen: set[int] = set()
-    forward = FlowstepTeacherPolicy.forward
-
-    def recording_forward(self, batch):
-        seen.update(batch["index"].tolist())
-        return forward(self, batch)
-
-    FlowstepTeacherPolicy.forward = recording_forward
+    batches = _record_batches(monkeypatch)
     saved_steps = []
-    try:
-        train_policy_on_dataset(
-            config, REPO_ID, dataset, tmp_path, steps=6, batch_size=64, samples=samples, episodes=[0, 2, 3],
-            on_step=lambda step, policy: saved_steps.append(step),
-        )  # fmt: skip
-    finally:
-        FlowstepTeacherPolicy.forward = forward
+    train_policy_on_dataset(
+        config, REPO_ID, dataset, tmp_path, steps=6, batch_size=64, samples=samples, episodes=[0, 2, 3],
+        on_step=lambda step, *_: saved_steps.append(step),
+    )  # fmt: skip
+    seen = {i for batch in batches for i in batch}
     assert seen and not seen & held_out
     assert saved_steps == list(range(1, 7))
 

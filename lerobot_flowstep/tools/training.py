@@ -158,12 +158,13 @@ def train_policy_on_dataset(
     desc: str = "train",
     samples: dict[str, Tensor] | None = None,
     episodes: Sequence[int] | None = None,
-    on_step: Callable[[int, PreTrainedPolicy], None] | None = None,
+    on_step: Callable[[int, PreTrainedPolicy, PolicyProcessorPipeline, PolicyProcessorPipeline], None] | None = None,
 ) -> tuple[PreTrainedPolicy, Path, list[float]]:
     """Build the policy from the dataset's features and stats, train it, save a loadable checkpoint.
 
     `episodes`: train on these episodes only (None: all), as `--dataset.episodes` does for `lerobot-train`.
-    `on_step(step, policy)`: called after each update, e.g. to save intermediate checkpoints.
+    `on_step(step, policy, preprocessor, postprocessor)`: called after each update, e.g. to save intermediate
+    checkpoints with the processors the final one is saved with.
     """
     meta = LeRobotDatasetMetadata(repo_id, root=root)
     policy = make_policy(config, ds_meta=meta)
@@ -171,7 +172,7 @@ def train_policy_on_dataset(
     if samples is None:
         samples = load_samples(repo_id, root, config, meta)
     batches = episode_aware_batches(meta, config, batch_size, seed, episodes)
-    callback = (lambda step: on_step(step, policy)) if on_step is not None else None
+    callback = (lambda step: on_step(step, policy, preprocessor, postprocessor)) if on_step is not None else None
     losses = train_in_memory(policy, samples, preprocessor, steps, batches, seed, desc, callback)
     checkpoint = save_checkpoint(policy, preprocessor, postprocessor, output_dir / "pretrained_model")
     return policy, checkpoint, losses
