@@ -274,6 +274,13 @@ def main() -> None:
     parser.add_argument("--cache-steps", type=int, default=10, help="ODE steps per cached teacher sample")
     parser.add_argument("--cache-solver", choices=SOLVERS, default="heun", help="ODE solver of the cached samples")
     parser.add_argument("--student-steps", type=int, help="distillation steps (default: the student config's)")
+    parser.add_argument(
+        "--student-arg",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a student policy field for a recipe variant, e.g. energy_weight=1 (repeatable; own run folder)",
+    )
     parser.add_argument("--reference-steps", type=int, default=10, help="Heun steps of the diagnosis reference")
     parser.add_argument("--eval-episodes", type=int, default=500, help="episodes of each headline evaluation")
     parser.add_argument("--curve-episodes", type=int, default=100, help="episodes per point of the success curve")
@@ -291,6 +298,9 @@ def main() -> None:
     parser.add_argument("--no-eval", action="store_true", help="train, cache and diagnose only")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    for arg in args.student_arg:
+        if "=" not in arg:
+            parser.error(f"--student-arg takes FIELD=VALUE, got '{arg}'")
     torch.set_num_threads(args.threads)
     output = Path(args.output).resolve()
     output.mkdir(parents=True, exist_ok=True)
@@ -328,7 +338,9 @@ def main() -> None:
         )
         cache_path = output / "teacher" / f"teacher_samples{cache_variant}.safetensors"
         steps_override = [f"--steps={args.student_steps}"] if args.student_steps else []
+        policy_overrides = [f"--policy.{arg}" for arg in args.student_arg]
         variant = cache_variant + (f"_{args.student_steps}steps" if args.student_steps else "")
+        variant += "".join(f"_{arg.replace('=', '')}" for arg in args.student_arg)
         student_name = f"student{variant}"
         if not cache_path.exists():
             start = time.perf_counter()
@@ -352,6 +364,7 @@ def main() -> None:
             f"--policy.teacher_cache_path={cache_path}",
             f"--policy.num_teacher_samples={args.cache_samples}",
             *steps_override,
+            *policy_overrides,
         )
         student_dir = output / student_name
         checkpoints[student_name] = train(student_cfg, student_dir, samples, student_name, args.save_every)

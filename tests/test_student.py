@@ -200,6 +200,23 @@ def test_candidate_selection_rule_is_validated_and_used_by_the_policy(teacher_di
     torch.testing.assert_close(chunk, expected)
 
 
+def test_energy_weight_is_validated_and_reaches_the_training_loss(teacher_dir):
+    with pytest.raises(ValueError, match="energy_weight must be >= 0, got -1.0"):
+        ImleStudentConfig(device="cpu", energy_weight=-1.0)
+    with pytest.raises(ValueError, match="energy_weight=0.5 needs num_student_samples >= 2"):
+        ImleStudentConfig(device="cpu", energy_weight=0.5, num_student_samples=1)
+    losses = {}
+    for weight in (0.0, 0.5):
+        student = _student(teacher_dir, energy_weight=weight).train()
+        torch.manual_seed(0)  # the same teacher targets and student latents for both weights
+        loss, info = student.forward(_batch())
+        losses[weight] = (loss.item(), info)
+    assert "energy_score" not in losses[0.0][1]
+    chamfer = losses[0.0][1]["coverage"] + losses[0.0][1]["fidelity"]
+    assert losses[0.0][0] == pytest.approx(chamfer, rel=1e-5)
+    assert losses[0.5][0] == pytest.approx(chamfer + 0.5 * losses[0.5][1]["energy_score"], rel=1e-5)
+
+
 def test_resuming_after_the_teacher_folder_moved_names_the_folder(teacher_dir, tmp_path):
     student = _student(teacher_dir)
     student.save_pretrained(tmp_path / "student")

@@ -120,6 +120,7 @@ def _policy_context(config: PreTrainedConfig) -> dict[str, Any]:
         "include_dataset_action",
         "coverage_weight",
         "fidelity_weight",
+        "energy_weight",
         "teacher_ode_solver",
         "teacher_num_inference_steps",
     )

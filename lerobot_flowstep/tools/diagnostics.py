@@ -24,28 +24,9 @@ from lerobot.scripts.lerobot_eval import eval_policy
 from lerobot.utils.constants import OBS_STATE
 from torch import Tensor
 
-from lerobot_flowstep.core.imle import chamfer_terms, trajectory_distances
+from lerobot_flowstep.core.imle import chamfer_terms, energy_distance, trajectory_distances
 from lerobot_flowstep.envs import ObstacleEnvConfig, ObstacleLayout, classify_trajectory
 from lerobot_flowstep.policies.common.policy_base import FlowstepBasePolicy
-
-
-def energy_distance(a: Tensor, b: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Energy distance between two sample sets per observation, with the unbiased within-set terms:
-    2 E|A-B| - E|A-A'| - E|B-B'|, where |.| is the root of `trajectory_distances` (a Euclidean norm). It is
-    zero in expectation only when both sets come from one distribution, so, unlike Chamfer at a finite number
-    of samples, a set shrunk towards its modes' means does not score better than a faithful copy.
-
-    a: (B, M, H, A); b: (B, K, H, A); mask: (B, H). Returns (distance, spread of a, spread of b), each (B,),
-    where a spread is the mean distance between two distinct samples of the set.
-    """
-
-    def spread(x: Tensor) -> Tensor:
-        n = x.shape[1]
-        return trajectory_distances(x, x, mask).clamp_min(0).sqrt().sum(dim=(1, 2)) / (n * (n - 1))
-
-    cross = trajectory_distances(a, b, mask).clamp_min(0).sqrt().mean(dim=(1, 2))
-    spread_a, spread_b = spread(a), spread(b)
-    return 2 * cross - spread_a - spread_b, spread_a, spread_b
 
 
 @torch.no_grad()

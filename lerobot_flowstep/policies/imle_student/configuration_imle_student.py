@@ -71,6 +71,10 @@ class ImleStudentConfig(FlowstepBaseConfig):
     num_teacher_samples, num_student_samples: M and K of the per-observation Chamfer objective.
     num_candidate_sets: IMLE selection: C sets of K latents per observation, only the best set is trained.
     coverage_weight, fidelity_weight: weights of the two Chamfer directions.
+    energy_weight: weight of the energy score, 2 E|S-T| - E|S-S'| (`core.imle.energy_score`), added to the
+        Chamfer loss. Chamfer at finite K and M is minimized by a set narrower than its targets; the energy
+        score is minimized only by the targets' distribution, so it holds the student's spread. 0 = plain
+        Chamfer, the paper's objective. Needs num_student_samples >= 2.
     include_dataset_action: add the dataset's own chunk to the teacher samples as one more target.
     teacher_num_inference_steps, teacher_ode_solver: how teacher samples are drawn for distillation; the
         student inherits the error of these samples, so they are drawn more accurately than at deployment.
@@ -97,6 +101,7 @@ class ImleStudentConfig(FlowstepBaseConfig):
     num_candidate_sets: int = 1
     coverage_weight: float = 1.0
     fidelity_weight: float = 1.0
+    energy_weight: float = 0.0
     include_dataset_action: bool = True
     teacher_num_inference_steps: int = 10
     teacher_ode_solver: str = "heun"
@@ -117,6 +122,14 @@ class ImleStudentConfig(FlowstepBaseConfig):
             raise ValueError(f"candidate_selection must be one of {CANDIDATE_RULES}, got '{self.candidate_selection}'.")
         if self.teacher_ode_solver not in SOLVERS:
             raise ValueError(f"teacher_ode_solver must be one of {SOLVERS}, got '{self.teacher_ode_solver}'.")
+        for name in ("coverage_weight", "fidelity_weight", "energy_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if self.energy_weight > 0 and self.num_student_samples < 2:
+            raise ValueError(
+                f"energy_weight={self.energy_weight} needs num_student_samples >= 2 (the energy score compares "
+                f"the student's samples with each other), got {self.num_student_samples}."
+            )
         for name in ("num_teacher_samples", "num_student_samples", "num_candidate_sets", "num_inference_candidates"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")

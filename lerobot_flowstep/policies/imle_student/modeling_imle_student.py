@@ -167,7 +167,12 @@ class ImleStudentPolicy(FlowstepBasePolicy):
         candidates = self.generate(cond.repeat_interleave(c * k, dim=0), noise)
         candidates = candidates.reshape(b, c, k, self.config.horizon, -1)
         loss, stats = imle_chamfer_objective(
-            targets, candidates, mask, self.config.coverage_weight, self.config.fidelity_weight
+            targets,
+            candidates,
+            mask,
+            self.config.coverage_weight,
+            self.config.fidelity_weight,
+            self.config.energy_weight,
         )
         if missing is None:
             return loss, self.training_info(stats, batch)
