@@ -24,7 +24,7 @@ from lerobot.scripts.lerobot_eval import eval_policy
 from lerobot.utils.constants import OBS_STATE
 from torch import Tensor
 
-from lerobot_flowstep.core.imle import chamfer_terms, energy_distance, trajectory_distances
+from lerobot_flowstep.core.imle import chamfer_terms, energy_distance
 from lerobot_flowstep.envs import ObstacleEnvConfig, ObstacleLayout, classify_trajectory
 from lerobot_flowstep.policies.common.policy_base import FlowstepBasePolicy
 
