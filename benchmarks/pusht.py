@@ -55,7 +55,7 @@ from lerobot_flowstep.tools.checkpoints import load_checkpoint
 from lerobot_flowstep.tools.diagnostics import held_out_batch, sample_chamfer
 from lerobot_flowstep.tools.latency import chunk_latency, replan_period
 from lerobot_flowstep.tools.lerobot_commands import eval_args, lerobot_eval
-from lerobot_flowstep.tools.plots import plot_benchmark, plot_distillation_curves
+from lerobot_flowstep.tools.plots import plot_benchmark, plot_distillation_curves, plot_recipe_variants
 from lerobot_flowstep.tools.statistics import mean_interval, wilson_interval
 from lerobot_flowstep.tools.training import load_samples, save_checkpoint, train_policy_on_dataset
 
@@ -373,6 +373,15 @@ def main() -> None:
             diagnosis = diagnose_distillation(
                 output, checkpoints, student_dir, student_steps, held_out, student_cfg, args
             )
+            recipes = {
+                name: {int(step): r for step, r in curve.items()}
+                for name, curve in diagnosis.items()
+                if name not in ("settings", "references")
+            }
+            if len(recipes) > 1:
+                # Every variant starts as one-step CFM (step 0), so that reference line would add nothing.
+                lines = {name: r for name, r in diagnosis["references"].items() if not name.startswith("one-step")}
+                plot_recipe_variants(recipes, lines, output / "recipes.png")
         else:
             print("No held-out episodes (the configs train on all of them): the Chamfer curves are skipped.")
     if "diffusion" in models:

@@ -146,3 +146,30 @@ def plot_distillation_curves(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_recipe_variants(
+    curves: dict[str, dict[int, dict[str, float]]], references: dict[str, dict[str, float]], path: Path
+) -> Path:
+    """Distillation recipes side by side: energy distance and spread ratio of each student variant's samples
+    against the reference, per distillation step, with `references` (e.g. the teacher's deployed sampler) as
+    horizontal lines. The spread is where Chamfer-only recipes drift, so it is what separates them."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, key, title in (
+        (axes[0], "energy_distance", "energy distance (0 = a faithful copy)"),
+        (axes[1], "spread_ratio", "spread: policy / reference"),
+    ):
+        for color, (name, curve) in zip(colors, curves.items(), strict=False):
+            steps = sorted(curve)
+            ax.plot(steps, [curve[s][key] for s in steps], "o-", color=color, label=name)
+        for style, (name, ref) in zip(("--", ":", "-."), references.items(), strict=False):
+            ax.axhline(ref[key], color="gray", linestyle=style, label=name)
+        ax.set_xlabel("distillation step")
+        ax.set_title(title + ", held-out frames", fontsize=9)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g}k"))
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
