@@ -120,6 +120,7 @@ def test_energy_term_adds_to_the_objective_and_is_reported():
     energy = energy_score(targets, candidates[:, 0])
     torch.testing.assert_close(loss, (chamfer + 0.5 * energy).mean())
     torch.testing.assert_close(info["energy_score"], energy.mean())
+    torch.testing.assert_close(info["chamfer_loss"], chamfer.mean())  # the Chamfer part alone
     # The energy score is the energy distance less the targets' own spread.
     distance, spread_targets, _ = energy_distance(targets, candidates[:, 0])
     torch.testing.assert_close(energy, distance + spread_targets)

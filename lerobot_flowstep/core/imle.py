@@ -116,15 +116,15 @@ def imle_chamfer_objective(
     rep_targets = targets.repeat_interleave(c, dim=0)
     rep_mask = mask.repeat_interleave(c, dim=0) if mask is not None else None
     coverage, fidelity = chamfer_terms(rep_targets, flat, rep_mask)
-    losses = coverage_weight * coverage + fidelity_weight * fidelity
-    terms = {"coverage": coverage, "fidelity": fidelity}
+    chamfer = coverage_weight * coverage + fidelity_weight * fidelity
+    terms = {"chamfer_loss": chamfer, "coverage": coverage, "fidelity": fidelity}
+    losses = chamfer
     if energy_weight:
         terms["energy_score"] = energy_score(rep_targets, flat, rep_mask)
-        losses = losses + energy_weight * terms["energy_score"]
+        losses = chamfer + energy_weight * terms["energy_score"]
     losses = losses.reshape(b, c)
     chosen = select_candidate_sets(losses)
     rows = torch.arange(b, device=losses.device)
     loss = losses[rows, chosen].mean()
-    info = {"chamfer_loss": loss.detach()}
-    info |= {name: term.detach().reshape(b, c)[rows, chosen].mean() for name, term in terms.items()}
+    info = {name: term.detach().reshape(b, c)[rows, chosen].mean() for name, term in terms.items()}
     return loss, info
