@@ -259,6 +259,15 @@ def diagnose_distillation(
     return report
 
 
+def student_curves(diagnosis: dict) -> dict[str, dict[int, dict]]:
+    """Each student run's measurements in `diagnosis.json`, by distillation step."""
+    return {
+        name: {int(step): r for step, r in curve.items()}
+        for name, curve in diagnosis.items()
+        if name not in ("settings", "references")
+    }
+
+
 def student_checkpoint(run_dir: Path, step: int, total_steps: int) -> Path:
     if step == total_steps:
         return run_dir / "checkpoints" / "last" / "pretrained_model"
@@ -373,11 +382,7 @@ def main() -> None:
             diagnosis = diagnose_distillation(
                 output, checkpoints, student_dir, student_steps, held_out, student_cfg, args
             )
-            recipes = {
-                name: {int(step): r for step, r in curve.items()}
-                for name, curve in diagnosis.items()
-                if name not in ("settings", "references")
-            }
+            recipes = student_curves(diagnosis)
             if len(recipes) > 1:
                 # Every variant starts as one-step CFM (step 0), so that reference line would add nothing.
                 lines = {name: r for name, r in diagnosis["references"].items() if not name.startswith("one-step")}
@@ -405,9 +410,9 @@ def main() -> None:
     one_step = Evaluation("one-step CFM (teacher, 1 Euler step)", "teacher", {"num_inference_steps": 1})
     # The teacher as the cache samples it (the student's targets), against its deployed sampler.
     teacher_cache_sampler = Evaluation(
-        f"teacher ({args.cache_steps} Heun steps, the cache's sampler)",
+        f"teacher ({args.cache_steps} {args.cache_solver.capitalize()} steps, the cache's sampler)",
         "teacher",
-        {"num_inference_steps": args.cache_steps, "ode_solver": "heun"},
+        {"num_inference_steps": args.cache_steps, "ode_solver": args.cache_solver},
     )
     tag = f" [{student_name.removeprefix('student_')}]" if student_name != "student" else ""
     student = Evaluation(
@@ -427,9 +432,11 @@ def main() -> None:
     )
     teacher_small = Evaluation(f"teacher ({teacher_steps} steps), diffusion's budget {small}", "teacher_equal_budget")
     teacher_unet = Evaluation(f"teacher, U-Net ({teacher_steps} steps), {small}", "teacher_unet")
-    evaluations = [teacher, teacher_cache_sampler, one_step, student, student_density, student_consistent_density]
-    evaluations += [student_1]
+    evaluations = [teacher, one_step, student, student_density, student_consistent_density, student_1]
     evaluations += [teacher_small, teacher_unet, ddim]
+    cache_sampler = (args.cache_steps, args.cache_solver)
+    if cache_sampler != (teacher_cfg.policy.num_inference_steps, teacher_cfg.policy.ode_solver):
+        evaluations.insert(1, teacher_cache_sampler)  # else it is the deployed teacher's row
     if not args.no_ddpm:
         evaluations.append(Evaluation(f"diffusion (DDPM-100), {small}", "diffusion"))
 
@@ -511,8 +518,8 @@ def main() -> None:
         print("| Chamfer against the teacher's samples, held-out frames | coverage | fidelity |")
         print("|---|---|---|")
         rows = dict(diagnosis["references"])
-        for name in (k for k in diagnosis if k.startswith("student")):
-            rows |= {f"{name} at step {k}": v for k, v in diagnosis[name].items()}
+        for name, by_step in student_curves(diagnosis).items():
+            rows |= {f"{name} at step {k}": v for k, v in by_step.items()}
         for name, r in rows.items():
             print(f"| {name} | {r['coverage']:.4f} | {r['fidelity']:.4f} |")
     print()

@@ -33,11 +33,10 @@ def trajectory_distances(a: Tensor, b: Tensor, mask: Tensor | None = None) -> Te
     return (per_step * weights).sum(-1) / weights.sum(-1).clamp(min=1.0)
 
 
-def mean_distance(a: Tensor, b: Tensor, mask: Tensor | None = None, distinct_pairs: bool = False) -> Tensor:
-    """Mean Euclidean distance (the root of `trajectory_distances`) between the trajectories of `a` and `b`
-    of each observation, (B,). With `distinct_pairs` (a set against itself, a is b), the diagonal is left out:
-    the unbiased mean distance between two different samples of one set."""
-    distances = trajectory_distances(a, b, mask)
+def mean_root(distances: Tensor, distinct_pairs: bool = False) -> Tensor:
+    """Mean Euclidean distance per observation, (B,), from squared `trajectory_distances` (B, N, N'). With
+    `distinct_pairs` (a set against itself), the diagonal is left out: the unbiased mean distance between two
+    different samples of one set."""
     if distinct_pairs:
         n = distances.shape[1]
         if n < 2:
@@ -57,23 +56,30 @@ def energy_distance(a: Tensor, b: Tensor, mask: Tensor | None = None) -> tuple[T
     a: (B, M, H, A); b: (B, K, H, A); mask: (B, H). Returns (distance, spread of a, spread of b), each (B,),
     where a spread is the mean distance between two distinct samples of the set.
     """
-    spread_a = mean_distance(a, a, mask, distinct_pairs=True)
-    spread_b = mean_distance(b, b, mask, distinct_pairs=True)
-    return 2 * mean_distance(a, b, mask) - spread_a - spread_b, spread_a, spread_b
+    spread_a = mean_root(trajectory_distances(a, a, mask), distinct_pairs=True)
+    spread_b = mean_root(trajectory_distances(b, b, mask), distinct_pairs=True)
+    return 2 * mean_root(trajectory_distances(a, b, mask)) - spread_a - spread_b, spread_a, spread_b
 
 
-def energy_score(targets: Tensor, samples: Tensor, mask: Tensor | None = None) -> Tensor:
+def energy_score(
+    targets: Tensor, samples: Tensor, mask: Tensor | None = None, distances: Tensor | None = None
+) -> Tensor:
     """The energy distance less the targets' own spread, which no student can change: 2 E|S-T| - E|S-S'|,
-    (B,). samples needs K >= 2."""
-    return 2 * mean_distance(targets, samples, mask) - mean_distance(samples, samples, mask, distinct_pairs=True)
+    (B,). samples needs K >= 2. `distances`: `trajectory_distances(targets, samples, mask)`, when the caller
+    already has them (the objective shares them with Chamfer)."""
+    if distances is None:
+        distances = trajectory_distances(targets, samples, mask)
+    return 2 * mean_root(distances) - mean_root(trajectory_distances(samples, samples, mask), distinct_pairs=True)
+
+
+def chamfer_from_distances(distances: Tensor) -> tuple[Tensor, Tensor]:
+    """(coverage, fidelity), each (B,), from `trajectory_distances(targets, samples)` (B, M, K)."""
+    return distances.min(dim=2).values.mean(dim=1), distances.min(dim=1).values.mean(dim=1)
 
 
 def chamfer_terms(targets: Tensor, samples: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(coverage, fidelity), each (B,): see the module docstring."""
-    distances = trajectory_distances(targets, samples, mask)
-    coverage = distances.min(dim=2).values.mean(dim=1)
-    fidelity = distances.min(dim=1).values.mean(dim=1)
-    return coverage, fidelity
+    return chamfer_from_distances(trajectory_distances(targets, samples, mask))
 
 
 def chamfer_loss(
@@ -115,12 +121,14 @@ def imle_chamfer_objective(
     flat = candidates.flatten(0, 1)  # (B*C, K, H, A)
     rep_targets = targets.repeat_interleave(c, dim=0)
     rep_mask = mask.repeat_interleave(c, dim=0) if mask is not None else None
-    coverage, fidelity = chamfer_terms(rep_targets, flat, rep_mask)
+    # One target-to-sample distance tensor serves both Chamfer directions and the energy score.
+    distances = trajectory_distances(rep_targets, flat, rep_mask)
+    coverage, fidelity = chamfer_from_distances(distances)
     chamfer = coverage_weight * coverage + fidelity_weight * fidelity
     terms = {"chamfer_loss": chamfer, "coverage": coverage, "fidelity": fidelity}
     losses = chamfer
     if energy_weight:
-        terms["energy_score"] = energy_score(rep_targets, flat, rep_mask)
+        terms["energy_score"] = energy_score(rep_targets, flat, rep_mask, distances)
         losses = chamfer + energy_weight * terms["energy_score"]
     losses = losses.reshape(b, c)
     chosen = select_candidate_sets(losses)
