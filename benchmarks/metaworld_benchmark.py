@@ -13,7 +13,8 @@ Per task:
 
 Every stage skips work whose output exists (datasets, checkpoints, `eval_info.json`, latency files), so an
 interrupted run resumes where it stopped. Results go to `<output>/results.json`, `results.md` and
-`metaworld.png`.
+`metaworld.png`. Processes given different `--tasks` may share one `--output` (one per core, with
+`OMP_NUM_THREADS=1`); a last run with every task then only collects the table.
 
     uv run python benchmarks/metaworld_benchmark.py --tasks button-press-v3 drawer-open-v3 --device cuda
     uv run python benchmarks/metaworld_benchmark.py --tasks button-press-v3 --image-size 64 --steps 2000 \\
@@ -109,7 +110,15 @@ def teacher_cache(teacher: Path, dataset: dict, path: Path, args: argparse.Names
     return path
 
 
-def train(method: str, task: str, data: Path, task_dir: Path, args: argparse.Namespace, timings: dict) -> Path:
+def record_timing(task_dir: Path, key: str, seconds: float) -> None:
+    """Wall times live beside the task's runs, so that runs of different tasks in parallel processes (one per
+    core) sharing one `--output` never overwrite each other's."""
+    path = task_dir / "timings.json"
+    timings = json.loads(path.read_text()) if path.is_file() else {}
+    path.write_text(json.dumps(timings | {key: round(seconds, 1)}, indent=2))
+
+
+def train(method: str, task: str, data: Path, task_dir: Path, args: argparse.Namespace) -> Path:
     run_dir = task_dir / method
     try:
         return last_checkpoint(run_dir / "train")
@@ -121,7 +130,7 @@ def train(method: str, task: str, data: Path, task_dir: Path, args: argparse.Nam
         lerobot_train([f"--config_path={config}"], run_dir / "train.log", args.steps, f"{task} {method}")
     else:
         train_in_memory(config, run_dir / "train" / "checkpoints" / "last", f"{task} {method}")
-    timings[f"{task}/{method}"] = round(time.perf_counter() - start, 1)
+    record_timing(task_dir, method, time.perf_counter() - start)
     return last_checkpoint(run_dir / "train")
 
 
@@ -286,8 +295,6 @@ def main() -> None:
     args = parser.parse_args()
 
     args.output.mkdir(parents=True, exist_ok=True)
-    timings_file = args.output / "timings.json"
-    timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
     evaluated = {ROWS[row][0] for row in args.rows}
     needed = evaluated | {m.replace("student", "teacher") for m in evaluated}
     results: dict[str, dict[str, list[bool]]] = {row: {} for row in args.rows}
@@ -302,9 +309,8 @@ def main() -> None:
                 data, task, num_episodes=args.episodes, image_size=args.image_size,
                 pointcloud=metaworld_pointcloud_config(num_points=512), seed=0,
             )  # fmt: skip
-            timings[f"{task}/demos"] = round(time.perf_counter() - start, 1)
-        checkpoints = {m: train(m, task, data, task_dir, args, timings) for m in TRAINED if m in needed}
-        timings_file.write_text(json.dumps(timings, indent=2))
+            record_timing(task_dir, "demos", time.perf_counter() - start)
+        checkpoints = {m: train(m, task, data, task_dir, args) for m in TRAINED if m in needed}
         for row in args.rows:
             method, overrides = ROWS[row]
             results[row][task] = evaluate(row, checkpoints[method], overrides, task, task_dir, args)
@@ -318,6 +324,10 @@ def main() -> None:
             )
             latency.setdefault(row, stats["median_ms"])
     summary = summarize(results, latency)
+    timings = {}
+    for task in results[args.rows[0]]:
+        path = args.output / task / "timings.json"
+        timings |= {f"{task}/{k}": v for k, v in (json.loads(path.read_text()) if path.is_file() else {}).items()}
     machine = f"{platform.processor() or platform.machine()}, torch {torch.__version__}, device {args.device}"
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     report = {"settings": settings, "machine": machine, "timings_s": timings, "summary": summary,

@@ -1,12 +1,16 @@
 """`lerobot-train` and `lerobot-eval` as real subprocesses, offline, finding the plugin by themselves."""
 
 import json
+import textwrap
+import time
 
+import psutil
 import pytest
 from safetensors import safe_open
 
 from lerobot_flowstep.datasets.obstacle_dataset import generate_obstacle_dataset
 from lerobot_flowstep.tools.lerobot_commands import (
+    _run,
     eval_args,
     last_checkpoint,
     lerobot_eval,
@@ -38,6 +42,47 @@ def _eval(tmp_path, name, checkpoint, extra=(), episodes=2):
     )
     assert info["overall"]["n_episodes"] == episodes
     return info
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_a_hung_command_times_out_and_takes_the_processes_it_started_with_it(tmp_path):
+    """A stuck `accelerate launch` (a gloo worker hanging in teardown) must fail the caller, not stall it, and
+    must not leave its workers running."""
+    (tmp_path / "hang.py").write_text(
+        textwrap.dedent(
+            """
+            import subprocess, sys, time
+            # As torch's launcher does: the worker runs in a session of its own.
+            worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+            print(f"worker {worker.pid}")
+            print("step:1 loss:0.5")
+            time.sleep(600)
+            """
+        )
+    )
+    log = tmp_path / "hang.log"
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"hang did not finish within 3 s") as error:
+        _run("hang", [], log, 10, "hang", env={"PYTHONPATH": str(tmp_path)}, timeout_s=3)
+    assert time.monotonic() - start < 30
+    assert "step:1 loss:0.5" in str(error.value) and str(log) in str(error.value)
+    worker = int(next(line.split()[1] for line in log.read_text().splitlines() if line.startswith("worker ")))
+    deadline = time.monotonic() + 10
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(worker), "the command's child process outlived the timeout"
+
+
+def test_a_failing_command_raises_with_its_exit_code_and_log_tail(tmp_path):
+    (tmp_path / "fail.py").write_text("print('loading the dataset')\nraise SystemExit(3)\n")
+    with pytest.raises(RuntimeError, match=r"fail exited with code 3[\s\S]*loading the dataset"):
+        _run("fail", [], tmp_path / "fail.log", None, "fail", env={"PYTHONPATH": str(tmp_path)})
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +176,13 @@ def test_two_cpu_processes_train_teacher_and_cached_student_and_write_one_loadab
             ]
         train_dir = tmp_path / name
         log = tmp_path / f"{name}.log"
+        # Normally about 20 s; the bound turns a rare gloo teardown hang into a failure with the log's tail.
         lerobot_train_distributed(
-            [*train_args(policy_type, REPO_ID, data, train_dir, steps=3, batch_size=4), *extra], 2, log, total_steps=3
+            [*train_args(policy_type, REPO_ID, data, train_dir, steps=3, batch_size=4), *extra],
+            2,
+            log,
+            total_steps=3,
+            timeout_s=600,
         )
         text = log.read_text()
         assert "Effective batch size: 4 x 2 = 8" in text

@@ -11,10 +11,12 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 
+import psutil
 from tqdm import tqdm
 
 _STEP = re.compile(r"step:(\d+(?:\.\d+)?)([KMB]?)\b")
@@ -39,39 +41,93 @@ def _run(
     total_steps: int | None,
     desc: str,
     env: Mapping[str, str] | None = None,
+    timeout_s: float | None = None,
 ) -> None:
+    """Run `python -m module args`, its output to `log_path` line by line (so the log shows where a stuck run
+    is), raising with the log's tail on failure.
+
+    On a timeout, an error or Ctrl-C here, the command is killed with every process it started (the workers
+    `accelerate launch` starts would otherwise outlive it and hold the log's pipe open)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", module, *args]
     tail: deque[str] = deque(maxlen=40)
     with (
-        open(log_path, "w") as log,
+        open(log_path, "w", buffering=1) as log,
         tqdm(total=total_steps, desc=desc, unit="step", disable=total_steps is None) as bar,
     ):
         log.write("$ " + " ".join(cmd) + "\n")
         proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=offline_env(env), bufsize=1
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=offline_env(env),
+            bufsize=1,
         )
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            log.write(line)
-            tail.append(line)
-            match = _STEP.search(line)
-            if match and total_steps is not None:
-                step = int(float(match.group(1)) * _SUFFIX[match.group(2)])
-                bar.update(max(0, min(step, total_steps) - bar.n))
-        code = proc.wait()
+
+        def pump() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                tail.append(line)
+                match = _STEP.search(line)
+                if match and total_steps is not None:
+                    step = int(float(match.group(1)) * _SUFFIX[match.group(2)])
+                    bar.update(max(0, min(step, total_steps) - bar.n))
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        try:
+            code = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _kill_tree(proc)
+            reader.join(timeout=10)
+            raise TimeoutError(
+                f"{module} did not finish within {timeout_s:g} s and was stopped, with the processes it started; "
+                f"full log in {log_path}. Last lines:\n" + "".join(tail)
+            ) from None
+        except BaseException:
+            _kill_tree(proc)
+            raise
+        reader.join()
         if code == 0 and total_steps is not None:
             bar.update(total_steps - bar.n)
     if code != 0:
         raise RuntimeError(f"{module} exited with code {code}; full log in {log_path}. Last lines:\n" + "".join(tail))
 
 
-def lerobot_train(args: list[str], log_path: Path, total_steps: int | None = None, desc: str = "train") -> None:
-    _run("lerobot.scripts.lerobot_train", args, log_path, total_steps, desc)
+def _kill_tree(proc: subprocess.Popen) -> None:
+    # Not only the process group: torch's launcher starts each worker in a session of its own.
+    try:
+        processes = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        processes = []
+    for p in processes:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait()
+    psutil.wait_procs(processes, timeout=10)
+
+
+def lerobot_train(
+    args: list[str],
+    log_path: Path,
+    total_steps: int | None = None,
+    desc: str = "train",
+    timeout_s: float | None = None,
+) -> None:
+    _run("lerobot.scripts.lerobot_train", args, log_path, total_steps, desc, timeout_s=timeout_s)
 
 
 def lerobot_train_distributed(
-    args: list[str], num_processes: int, log_path: Path, total_steps: int | None = None, desc: str = "train"
+    args: list[str],
+    num_processes: int,
+    log_path: Path,
+    total_steps: int | None = None,
+    desc: str = "train",
+    timeout_s: float | None = None,
 ) -> None:
     """`lerobot-train` in `num_processes` data-parallel processes through `accelerate launch`.
 
@@ -85,16 +141,21 @@ def lerobot_train_distributed(
         "--mixed_precision=no",
         "--dynamo_backend=no",
         "-m",
-        "lerobot.scripts.lerobot_train",
+        "lerobot_flowstep.tools.distributed_train",
     ]
-    _run("accelerate.commands.launch", [*launch, *args], log_path, total_steps, desc)
+    _run("accelerate.commands.launch", [*launch, *args], log_path, total_steps, desc, timeout_s=timeout_s)
 
 
 def lerobot_eval(
-    args: list[str], output_dir: Path, log_path: Path, desc: str = "eval", env: Mapping[str, str] | None = None
+    args: list[str],
+    output_dir: Path,
+    log_path: Path,
+    desc: str = "eval",
+    env: Mapping[str, str] | None = None,
+    timeout_s: float | None = None,
 ) -> dict:
     """Run `lerobot-eval` and return its `eval_info.json`; `env` adds to the subprocess's environment."""
-    _run("lerobot.scripts.lerobot_eval", [*args, f"--output_dir={output_dir}"], log_path, None, desc, env)
+    _run("lerobot.scripts.lerobot_eval", [*args, f"--output_dir={output_dir}"], log_path, None, desc, env, timeout_s)
     with open(output_dir / "eval_info.json") as f:
         return json.load(f)
 
