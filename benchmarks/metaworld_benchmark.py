@@ -242,26 +242,37 @@ def markdown(summary: dict[str, dict], tasks: list[str]) -> str:
 
 
 def plot(summary: dict[str, dict], path: Path) -> Path:
+    """Success per task and over the tasks (grouped bars, 95 % intervals), and chunk latency per row."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = list(summary)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 0.45 * len(rows) + 1.5), sharey=True)
-    y = np.arange(len(rows))
-    averages = [summary[r]["average"] * 100 for r in rows]
-    lows = [averages[i] - summary[r]["pooled_interval"][0] * 100 for i, r in enumerate(rows)]
-    highs = [summary[r]["pooled_interval"][1] * 100 - averages[i] for i, r in enumerate(rows)]
-    left.barh(y, averages, xerr=[lows, highs], color="tab:blue", alpha=0.8)
-    left.set_xlabel("success over the tasks (%), 95 % interval")
-    left.set_xlim(0, 100)
+    tasks = list(summary[rows[0]]["tasks"])
+    columns = [*tasks, "average"]
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(max(8.0, 1.3 * len(columns) + 5.0), 4.5), gridspec_kw={"width_ratios": [3, 1]}
+    )
+    width = 0.8 / len(rows)
+    x = np.arange(len(columns))
+    for i, row in enumerate(rows):
+        cells = [summary[row]["tasks"][t] for t in tasks]
+        value = np.array([c["success"] for c in cells] + [summary[row]["average"]]) * 100
+        low = np.array([c["low"] for c in cells] + [summary[row]["pooled_interval"][0]]) * 100
+        high = np.array([c["high"] for c in cells] + [summary[row]["pooled_interval"][1]]) * 100
+        left.bar(x + (i - (len(rows) - 1) / 2) * width, value, width, yerr=[value - low, high - value],
+                 capsize=2, label=row, color=f"C{i}")  # fmt: skip
+    left.set_xticks(x, [c.removesuffix("-v3") for c in columns], rotation=30, ha="right")
+    left.set_ylabel("success (%), 95 % interval")
+    left.set_ylim(0, 100)
+    left.legend(fontsize=8)
     latencies = [summary[r]["chunk_latency_ms"] or 0.0 for r in rows]
-    right.barh(y, latencies, color="tab:orange", alpha=0.8)
-    right.set_xscale("log")
-    right.set_xlabel("chunk latency at batch 1 (ms, log scale)")
-    left.set_yticks(y, rows)
-    left.invert_yaxis()
+    right.barh(np.arange(len(rows)), latencies, color=[f"C{i}" for i in range(len(rows))])
+    right.set_yticks([])  # the colours are the legend's
+    right.invert_yaxis()
+    right.set_xlabel("chunk latency (ms)")
+    right.set_title("batch 1", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
