@@ -148,7 +148,7 @@ class CameraRenderer:
 
         Both come from one render pass. `mujoco.Renderer` draws the scene twice for them (a colour pass, then a
         segmentation pass whose depth it reads); the depth buffer of the colour pass is the same everywhere
-        the scene has geometry (bit for bit, tested), which halves the cost of a frame. Pixels that see only
+        the scene has geometry (bit for bit, tested), and one pass costs about half of two. Pixels that see only
         the sky read the skybox's distance (tens of metres) rather than the far plane; both lie far outside
         any workspace crop."""
         if camera not in self._turned:
@@ -166,7 +166,7 @@ class CameraRenderer:
         rgb, depth = self._rgb[::-1], depth[::-1]
         if self._turned[camera]:
             rgb, depth = rgb[::-1, ::-1], depth[::-1, ::-1]
-        return np.ascontiguousarray(rgb), np.ascontiguousarray(depth)
+        return rgb.copy(), depth.copy()  # copies: the read buffers are reused for the next frame
 
     def close(self) -> None:
         # EGL complains at interpreter exit about contexts left open.
