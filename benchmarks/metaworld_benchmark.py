@@ -44,6 +44,7 @@ from lerobot_flowstep.metaworld.demos import (  # noqa: E402
 from lerobot_flowstep.metaworld.tasks import metaworld_task  # noqa: E402
 from lerobot_flowstep.tools.lerobot_commands import last_checkpoint, lerobot_eval, lerobot_train  # noqa: E402
 from lerobot_flowstep.tools.statistics import wilson_interval  # noqa: E402
+from lerobot_flowstep.tools.timings import record_timing  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "metaworld"
 TRAINED = ("teacher_pc", "teacher_rgbpc", "student_pc", "student_rgbpc", "diffusion")
@@ -108,14 +109,6 @@ def teacher_cache(teacher: Path, dataset: dict, path: Path, args: argparse.Names
         build_teacher_cache(str(teacher), dataset["repo_id"], Path(dataset["root"]), path, device=args.device,
                             num_samples=16, num_steps=10, solver="heun")  # fmt: skip
     return path
-
-
-def record_timing(task_dir: Path, key: str, seconds: float) -> None:
-    """Wall times live beside the task's runs, so that runs of different tasks in parallel processes (one per
-    core) sharing one `--output` never overwrite each other's."""
-    path = task_dir / "timings.json"
-    timings = json.loads(path.read_text()) if path.is_file() else {}
-    path.write_text(json.dumps(timings | {key: round(seconds, 1)}, indent=2))
 
 
 def train(method: str, task: str, data: Path, task_dir: Path, args: argparse.Namespace) -> Path:

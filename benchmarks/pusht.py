@@ -57,6 +57,7 @@ from lerobot_flowstep.tools.latency import chunk_latency, replan_period
 from lerobot_flowstep.tools.lerobot_commands import eval_args, lerobot_eval
 from lerobot_flowstep.tools.plots import plot_benchmark, plot_distillation_curves, plot_recipe_variants
 from lerobot_flowstep.tools.statistics import mean_interval, wilson_interval
+from lerobot_flowstep.tools.timings import record_timing
 from lerobot_flowstep.tools.training import load_samples, save_checkpoint, train_policy_on_dataset
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "pusht"
@@ -123,12 +124,6 @@ def train(cfg: TrainPipelineConfig, run_dir: Path, samples: dict, label: str, sa
         record_timing(run_dir, f"{label}_train_s", time.perf_counter() - start)
         (run_dir / "losses.json").write_text(json.dumps(losses))
     return checkpoint
-
-
-def record_timing(run_dir: Path, key: str, seconds: float) -> None:
-    path = run_dir / "timings.json"
-    timings = json.loads(path.read_text()) if path.exists() else {}
-    path.write_text(json.dumps(timings | {key: round(seconds, 1)}))
 
 
 def intermediate_checkpoint(run_dir: Path, step: int) -> Path:

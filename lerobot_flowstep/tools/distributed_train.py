@@ -4,7 +4,7 @@ When `lerobot-train` returns under DDP on gloo (the CPU backend), the DDP reduce
 holds the GIL. It drops the last reference to the gloo process group, whose destructor joins gloo's worker
 threads; one of them may be waiting for the GIL to release a tensor it still holds. Neither can proceed, the
 worker never exits, and `accelerate launch` waits for it forever (torch issue 56297: pybind-bound destructors
-that block). On a 2-core machine this happened in 2 of about 10 runs, after the last checkpoint was written.
+that block). On a 2-core machine the two-process test hung so twice, after the last checkpoint was written.
 
 The workaround: keep a reference to the default process group so the reducer is never its last owner, and once
 training has returned (every checkpoint written, `accelerator.end_training()` done), flush and leave the process
