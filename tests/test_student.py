@@ -104,6 +104,31 @@ def test_candidates_get_distinct_latents(teacher_dir):
     assert len({tuple(row.flatten().tolist()) for row in noise}) == noise.shape[0]
 
 
+def test_inference_noise_scale_scales_only_the_sampling_latents(teacher_dir):
+    student = _student(teacher_dir, inference_noise_scale=0.5).eval()
+    batch = _batch(2)
+    cond = student.encode(batch)
+    samples = student.sample(batch, num_samples=3, generator=torch.Generator().manual_seed(7))
+    z = torch.randn(6, 8, 2, generator=torch.Generator().manual_seed(7))
+    expected = student.generate(cond.repeat_interleave(3, dim=0), 0.5 * z).reshape(2, 3, 8, 2)
+    assert torch.allclose(samples, expected, atol=1e-6)
+    # A rollout's candidates draw their latents the same way.
+    seen = []
+    original = student.generate
+    student.generate = lambda cond, noise: seen.append(noise) or original(cond, noise)
+    torch.manual_seed(3)
+    student.predict_action_chunk(batch)
+    torch.manual_seed(3)
+    candidates = student.config.num_inference_candidates
+    assert torch.allclose(seen[-1], 0.5 * torch.randn(2 * candidates, 8, 2))
+    # Training keeps unit latents: the scale is an inference rule, not part of the objective.
+    student.train()
+    student.forward(_batch(b=5))
+    assert seen[-1].shape[0] == 5 * 4 and seen[-1].std() > 0.8  # 320 unit normals; scaled ones give 0.5
+    with pytest.raises(ValueError, match="inference_noise_scale"):
+        ImleStudentConfig(device="cpu", inference_noise_scale=-1.0)
+
+
 def test_student_starts_as_the_teachers_one_step_euler_sampler(teacher_dir):
     student = _student(teacher_dir).train()
     student.initialize_from_teacher()

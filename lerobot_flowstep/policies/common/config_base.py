@@ -23,6 +23,9 @@ class FlowstepBaseConfig(PreTrainedConfig):
     n_action_steps: actions executed from each chunk before re-planning (receding horizon).
     encoder, network, pointcloud: see `EncoderConfig`, `NetworkConfig`, `PointCloudConfig`.
     stop_on_nonfinite_loss: raise at the first training step whose loss is NaN or inf.
+    inference_noise_scale: standard deviation of the latent noise at inference (`select_action`,
+        `predict_action_chunk`, `sample`); training always draws unit noise. Below 1 it narrows the sampled
+        distribution towards its mode (the truncation trick); 1 samples the learned distribution.
     """
 
     n_obs_steps: int = 2
@@ -51,6 +54,8 @@ class FlowstepBaseConfig(PreTrainedConfig):
     # before the optimizer writes NaN into the weights; false trains on.
     stop_on_nonfinite_loss: bool = True
 
+    inference_noise_scale: float = 1.0
+
     optimizer_lr: float = 1e-4
     optimizer_betas: tuple[float, float] = (0.95, 0.999)
     optimizer_eps: float = 1e-8
@@ -66,6 +71,11 @@ class FlowstepBaseConfig(PreTrainedConfig):
             raise ValueError(
                 f"n_action_steps ({self.n_action_steps}) must be <= horizon - n_obs_steps + 1 "
                 f"({self.horizon - self.n_obs_steps + 1}): the chunk starts at the oldest observation."
+            )
+        if not 0.0 <= self.inference_noise_scale < float("inf"):
+            raise ValueError(
+                f"inference_noise_scale must be a finite number >= 0 (1 samples the learned distribution), "
+                f"got {self.inference_noise_scale}."
             )
         if self.drop_n_last_frames is None:
             self.drop_n_last_frames = self.horizon - self.n_action_steps - self.n_obs_steps + 1

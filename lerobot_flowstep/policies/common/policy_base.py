@@ -124,6 +124,12 @@ class FlowstepBasePolicy(PreTrainedPolicy):
         shape = (n, self.config.horizon, self.config.action_dim)
         return torch.randn(shape, device=device, generator=generator)
 
+    def inference_noise(self, n: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
+        """The latents of sampled chunks: unit noise scaled by `config.inference_noise_scale`."""
+        noise = self.sample_noise(n, device, generator)
+        scale = self.config.inference_noise_scale
+        return noise if scale == 1.0 else noise.mul_(scale)
+
     @torch.no_grad()
     def sample(
         self,
@@ -140,7 +146,7 @@ class FlowstepBasePolicy(PreTrainedPolicy):
             cond = self.encode(batch)
         b = cond.shape[0]
         cond = cond.repeat_interleave(num_samples, dim=0)
-        noise = self.sample_noise(b * num_samples, cond.device, generator).to(cond.dtype)
+        noise = self.inference_noise(b * num_samples, cond.device, generator).to(cond.dtype)
         return self.generate(cond, noise, **generate_kwargs).reshape(b, num_samples, self.config.horizon, -1)
 
     def _chunk_from_cond(self, cond: Tensor, noise: Tensor | None = None) -> Tensor:
@@ -148,7 +154,7 @@ class FlowstepBasePolicy(PreTrainedPolicy):
         `predict_action_chunk` and `select_action` end here, so the chunk does not depend on which was
         called. It is remembered as `_last_chunk`, which a subclass may use to keep re-plans consistent."""
         if noise is None:
-            noise = self.sample_noise(cond.shape[0], cond.device).to(cond.dtype)
+            noise = self.inference_noise(cond.shape[0], cond.device).to(cond.dtype)
         chunk = self.generate(cond, noise)
         self._last_chunk = chunk
         return chunk
