@@ -20,7 +20,9 @@ trails its teacher (the distillation diagnosis).
    and without the push.
 
 `--models` picks what to train and evaluate; `teacher_unet` (the CFM teacher on the diffusion policy's U-Net,
-~1 h of training on a 2-core CPU) is best left to a GPU.
+~1 h of training on a 2-core CPU) is best left to a GPU. `--extra-eval RUN FIELD=VALUE ...` evaluates a trained
+run folder with other inference settings on `--curve-episodes` episodes (a pilot before a 500-episode row);
+`--models` with no names runs only those.
 
 Every stage skips work whose output exists (checkpoints, the cache, `diagnosis.json` entries,
 `eval_info.json`), so an interrupted run resumes.
@@ -176,6 +178,14 @@ def run_eval(
     }
 
 
+def parse_value(text: str) -> object:
+    """A command-line policy field as the config holds it: a number or boolean as such, else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def markdown_table(results: dict[str, dict]) -> str:
     lines = [
         "| method | success [95% CI] | mean max reward [95% CI] | chunk latency (ms) |",
@@ -295,19 +305,32 @@ def main() -> None:
     parser.add_argument("--diagnosis-samples", type=int, default=32, help="samples per frame and policy")
     parser.add_argument("--disturb-step", type=int, default=100, help="action before which the block moves")
     parser.add_argument(
-        "--models", nargs="+", choices=MODELS, default=list(MODELS), help="train and evaluate only these (resumable)"
+        "--models", nargs="*", choices=MODELS, default=list(MODELS), help="train and evaluate only these (resumable)"
+    )
+    parser.add_argument(
+        "--extra-eval",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar="RUN [FIELD=VALUE ...]",
+        help="evaluate a trained run folder (teacher, student, student_energy_weight1, ...) with these policy "
+        "fields on --curve-episodes episodes (repeatable)",
     )
     parser.add_argument("--no-ddpm", action="store_true", help="skip the slow DDPM-100 evaluation")
     parser.add_argument("--no-disturbance", action="store_true", help="skip the disturbance test")
     parser.add_argument("--no-eval", action="store_true", help="train, cache and diagnose only")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    for arg in args.student_arg:
+    for arg in args.student_arg + [a for run, *fields in args.extra_eval for a in fields]:
         if "=" not in arg:
-            parser.error(f"--student-arg takes FIELD=VALUE, got '{arg}'")
+            parser.error(f"--student-arg and --extra-eval take FIELD=VALUE, got '{arg}'")
     torch.set_num_threads(args.threads)
     output = Path(args.output).resolve()
     output.mkdir(parents=True, exist_ok=True)
+    # Checked now, not after minutes of loading: the runs --extra-eval names must be trained already.
+    trained = sorted(p.parents[3].name for p in output.glob("*/checkpoints/last/pretrained_model/model.safetensors"))
+    for run in {run for run, *_ in args.extra_eval} - set(trained):
+        parser.error(f"--extra-eval: no trained run '{run}' in {output}; trained runs: {trained}")
     report_path = output / "report.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
 
@@ -448,6 +471,14 @@ def main() -> None:
         e.name: run_eval(e, checkpoints[e.model], output, args, latency_of(e), args.eval_episodes) for e in evaluations
     }
 
+    extra = {}
+    for run, *fields in args.extra_eval:
+        checkpoint = output / run / "checkpoints" / "last" / "pretrained_model"
+        policy_args = dict(field.split("=", 1) for field in fields)
+        evaluation = Evaluation(f"{run} ({', '.join(fields) or 'its config'})", run, policy_args)
+        latency = pusht_chunk_latency(checkpoint, **{k: parse_value(v) for k, v in policy_args.items()})
+        extra[evaluation.name] = run_eval(evaluation, checkpoint, output, args, latency, args.curve_episodes)
+
     # Success against distillation steps: every saved student checkpoint, one sample per chunk (the
     # distribution itself, no selection rule), on the first --curve-episodes seeds.
     curve = {}
@@ -499,12 +530,16 @@ def main() -> None:
     report |= {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "results": results,
+        "extra": report.get("extra", {}) | extra,
         "success_curve": report.get("success_curve", {}) | {f"{student_name} {k}": v for k, v in curve.items()},
         "disturbance": disturbance,
     }
     report_path.write_text(json.dumps(report, indent=2))
     plot_benchmark(results, disturbance, output / "pusht.png")
     print(markdown_table(results))
+    if extra:
+        print()
+        print(markdown_table(extra))
     if curve:
         print()
         print(markdown_table({f"{student_name} at step {k} (1 sample)": v for k, v in curve.items()}))
