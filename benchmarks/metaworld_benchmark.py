@@ -13,8 +13,9 @@ Per task:
 
 Every stage skips work whose output exists (datasets, checkpoints, `eval_info.json`, latency files), so an
 interrupted run resumes where it stopped. Results go to `<output>/results.json`, `results.md` and
-`metaworld.png`. Processes given different `--tasks` may share one `--output` (one per core, with
-`OMP_NUM_THREADS=1`); a last run with every task then only collects the table.
+`results.png` (`--report` names them, so that runs over other tasks or rows keep their own). Processes given
+different `--tasks` may share one `--output` (one per core, with `OMP_NUM_THREADS=1`); a last run with every
+task then only collects the table.
 
     uv run python benchmarks/metaworld_benchmark.py --tasks button-press-v3 drawer-open-v3 --device cuda
     uv run python benchmarks/metaworld_benchmark.py --tasks button-press-v3 --image-size 64 --steps 2000 \\
@@ -296,6 +297,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="evaluation runs of --eval-episodes each")
     parser.add_argument("--episode-length", type=int, default=200)
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument(
+        "--report",
+        default="results",
+        help="file name (no suffix) of the table, JSON and figure: runs over other tasks or rows keep their own",
+    )
     args = parser.parse_args()
 
     args.output.mkdir(parents=True, exist_ok=True)
@@ -336,10 +342,12 @@ def main() -> None:
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     report = {"settings": settings, "machine": machine, "timings_s": timings, "summary": summary,
               "workspace": [WORKSPACE_LOW, WORKSPACE_HIGH]}  # fmt: skip
-    (args.output / "results.json").write_text(json.dumps(report, indent=2))
     table = markdown(summary, [metaworld_task(t).name for t in args.tasks])
-    (args.output / "results.md").write_text(table)
-    plot(summary, args.output / "metaworld.png")
+    for suffix, text in ((".json", json.dumps(report, indent=2)), (".md", table)):
+        path = args.output / f"{args.report}{suffix}"
+        path.with_suffix(".tmp").write_text(text)
+        path.with_suffix(".tmp").replace(path)
+    plot(summary, args.output / f"{args.report}.png")
     print(table)
 
 
