@@ -178,6 +178,17 @@ def run_eval(
     }
 
 
+def read_report(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_report(path: Path, report: dict) -> None:
+    """Replaced atomically: a run killed while writing leaves the previous report, not half of one."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(path)
+
+
 def parse_value(text: str) -> object:
     """A command-line policy field as the config holds it: a number or boolean as such, else the string."""
     try:
@@ -332,7 +343,6 @@ def main() -> None:
     for run in {run for run, *_ in args.extra_eval} - set(trained):
         parser.error(f"--extra-eval: no trained run '{run}' in {output}; trained runs: {trained}")
     report_path = output / "report.json"
-    report = json.loads(report_path.read_text()) if report_path.exists() else {}
 
     teacher_cfg = train_config(args.configs, "teacher", output)
     root = Path(teacher_cfg.dataset.root)
@@ -409,15 +419,14 @@ def main() -> None:
             print("No held-out episodes (the configs train on all of them): the Chamfer curves are skipped.")
     if "diffusion" in models:
         checkpoints["diffusion"] = train(diffusion_cfg, output / "diffusion", samples, "diffusion")
-    timings = report.get("timings_s", {})
+    report = read_report(report_path)
     for name in checkpoints:
         timings_path = output / name / "timings.json"
         if timings_path.exists():
-            timings |= json.loads(timings_path.read_text())
-    report["timings_s"] = timings
+            report["timings_s"] = report.get("timings_s", {}) | json.loads(timings_path.read_text())
     if diagnosis is not None:
         report["diagnosis"] = diagnosis
-    report_path.write_text(json.dumps(report, indent=2))
+    write_report(report_path, report)
     if args.no_eval:
         return
 
@@ -524,7 +533,8 @@ def main() -> None:
                 )
             disturbance[label] = row
 
-    # Runs restricted with --models add to what earlier runs measured.
+    # Runs restricted with --models add to what earlier runs measured, read now: another run may have written.
+    report = read_report(report_path)
     results = report.get("results", {}) | results
     disturbance = report.get("disturbance", {}) | disturbance
     report |= {
@@ -534,7 +544,7 @@ def main() -> None:
         "success_curve": report.get("success_curve", {}) | {f"{student_name} {k}": v for k, v in curve.items()},
         "disturbance": disturbance,
     }
-    report_path.write_text(json.dumps(report, indent=2))
+    write_report(report_path, report)
     plot_benchmark(results, disturbance, output / "pusht.png")
     print(markdown_table(results))
     if extra:
@@ -563,7 +573,7 @@ def main() -> None:
             cells.append(f"{r['success_rate']:.1%} [{lo:.1%}, {hi:.1%}] (reward {r['mean_max_reward']:.3f})")
         latency_ms = row["undisturbed"]["chunk_latency"]["median_ms"]
         print(f"| {name} | {latency_ms:.2f} | {cells[0]} | {cells[1]} |")
-    print(json.dumps(timings))
+    print(json.dumps(report.get("timings_s", {})))
 
 
 if __name__ == "__main__":
