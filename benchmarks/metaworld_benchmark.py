@@ -45,7 +45,7 @@ from lerobot_flowstep.metaworld.demos import (  # noqa: E402
 from lerobot_flowstep.metaworld.tasks import metaworld_task  # noqa: E402
 from lerobot_flowstep.tools.lerobot_commands import last_checkpoint, lerobot_eval, lerobot_train  # noqa: E402
 from lerobot_flowstep.tools.statistics import wilson_interval  # noqa: E402
-from lerobot_flowstep.tools.timings import record_timing  # noqa: E402
+from lerobot_flowstep.tools.timings import record_timing, write_text_atomic  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "metaworld"
 TRAINED = ("teacher_pc", "teacher_rgbpc", "student_pc", "student_rgbpc", "diffusion")
@@ -343,10 +343,8 @@ def main() -> None:
     report = {"settings": settings, "machine": machine, "timings_s": timings, "summary": summary,
               "workspace": [WORKSPACE_LOW, WORKSPACE_HIGH]}  # fmt: skip
     table = markdown(summary, [metaworld_task(t).name for t in args.tasks])
-    for suffix, text in ((".json", json.dumps(report, indent=2)), (".md", table)):
-        path = args.output / f"{args.report}{suffix}"
-        path.with_suffix(".tmp").write_text(text)
-        path.with_suffix(".tmp").replace(path)
+    write_text_atomic(args.output / f"{args.report}.json", json.dumps(report, indent=2))
+    write_text_atomic(args.output / f"{args.report}.md", table)
     plot(summary, args.output / f"{args.report}.png")
     print(table)
 

@@ -59,7 +59,7 @@ from lerobot_flowstep.tools.latency import chunk_latency, replan_period
 from lerobot_flowstep.tools.lerobot_commands import eval_args, lerobot_eval
 from lerobot_flowstep.tools.plots import plot_benchmark, plot_distillation_curves, plot_recipe_variants
 from lerobot_flowstep.tools.statistics import mean_interval, wilson_interval
-from lerobot_flowstep.tools.timings import record_timing
+from lerobot_flowstep.tools.timings import record_timing, write_text_atomic
 from lerobot_flowstep.tools.training import load_samples, save_checkpoint, train_policy_on_dataset
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "pusht"
@@ -182,13 +182,6 @@ def read_report(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def write_report(path: Path, report: dict) -> None:
-    """Replaced atomically: a run killed while writing leaves the previous report, not half of one."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(path)
-
-
 def parse_value(text: str) -> object:
     """A command-line policy field as the config holds it: a number or boolean as such, else the string."""
     try:
@@ -246,9 +239,7 @@ def diagnose_distillation(
         return sample_chamfer(policy, teacher, batch, args.diagnosis_samples, seed=0, **reference)
 
     def save() -> None:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(report, indent=2))
-        tmp.replace(path)
+        write_text_atomic(path, json.dumps(report, indent=2))
 
     config = teacher.config
     variants = {
@@ -426,7 +417,7 @@ def main() -> None:
             report["timings_s"] = report.get("timings_s", {}) | json.loads(timings_path.read_text())
     if diagnosis is not None:
         report["diagnosis"] = diagnosis
-    write_report(report_path, report)
+    write_text_atomic(report_path, json.dumps(report, indent=2))
     if args.no_eval:
         return
 
@@ -544,7 +535,7 @@ def main() -> None:
         "success_curve": report.get("success_curve", {}) | {f"{student_name} {k}": v for k, v in curve.items()},
         "disturbance": disturbance,
     }
-    write_report(report_path, report)
+    write_text_atomic(report_path, json.dumps(report, indent=2))
     plot_benchmark(results, disturbance, output / "pusht.png")
     print(markdown_table(results))
     if extra:

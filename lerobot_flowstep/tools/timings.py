@@ -1,9 +1,19 @@
-"""Wall times of benchmark stages, kept beside the runs they time so that a resumed benchmark keeps them."""
+"""Benchmark outputs: wall times of stages, kept beside the runs they time so that a resumed benchmark keeps
+them, and result files written so that a killed run never leaves one half-written."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file beside `path` (named per process, so two runs never share one) and
+    replace `path` with it in one step."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def record_timing(folder: Path, key: str, seconds: float) -> None:
@@ -11,6 +21,4 @@ def record_timing(folder: Path, key: str, seconds: float) -> None:
     One file per run folder: processes timing different folders never overwrite each other's."""
     path = folder / "timings.json"
     timings = json.loads(path.read_text()) if path.is_file() else {}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(timings | {key: round(seconds, 1)}, indent=2))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(timings | {key: round(seconds, 1)}, indent=2))

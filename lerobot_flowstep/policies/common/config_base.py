@@ -24,8 +24,10 @@ class FlowstepBaseConfig(PreTrainedConfig):
     encoder, network, pointcloud: see `EncoderConfig`, `NetworkConfig`, `PointCloudConfig`.
     stop_on_nonfinite_loss: raise at the first training step whose loss is NaN or inf.
     inference_noise_scale: standard deviation of the latent noise at inference (`select_action`,
-        `predict_action_chunk`, `sample`); training always draws unit noise. Below 1 it narrows the sampled
-        distribution towards its mode (the truncation trick); 1 samples the learned distribution.
+        `predict_action_chunk`, `sample`, hence also teacher caches); training always draws unit noise. Below 1
+        it pulls samples towards the zero latent's (the truncation trick), which for a one-step map of a
+        multi-modal distribution lies between modes: on PushT 0.5 lowered both policies' success (BENCHMARKS.md).
+        1 samples the learned distribution.
     """
 
     n_obs_steps: int = 2
