@@ -52,6 +52,7 @@ from tqdm import tqdm
 
 from lerobot_flowstep.core.flow_matching import SOLVERS
 from lerobot_flowstep.datasets.zarr import convert_zarr
+from lerobot_flowstep.policies.imle_student.teacher_cache import cache_has_latents
 from lerobot_flowstep.tools.cache_teacher import cache_from_samples
 from lerobot_flowstep.tools.checkpoints import load_checkpoint
 from lerobot_flowstep.tools.diagnostics import held_out_batch, sample_chamfer
@@ -238,7 +239,13 @@ def diagnose_distillation(
     def measure(policy) -> dict:
         return sample_chamfer(policy, teacher, batch, args.diagnosis_samples, seed=0, **reference)
 
-    def save() -> None:
+    def save(section: str, key: str, value: dict) -> None:
+        # Merged into the file as it is now: a concurrent run (another recipe variant) may have added entries.
+        nonlocal report
+        current = json.loads(path.read_text()) if path.exists() else {}
+        if current.get("settings") == settings:
+            report = current | {"references": current.get("references", {}) | report["references"]}
+        report.setdefault(section, {})[key] = value
         write_text_atomic(path, json.dumps(report, indent=2))
 
     config = teacher.config
@@ -252,17 +259,14 @@ def diagnose_distillation(
     }
     for name, overrides in variants.items():
         if name not in report["references"]:
-            report["references"][name] = measure(load_checkpoint(checkpoints["teacher"], **overrides)[0])
-            save()
-    curve = report.setdefault(student_dir.name, {})
+            save("references", name, measure(load_checkpoint(checkpoints["teacher"], **overrides)[0]))
     for step in tqdm(student_steps, desc=f"diagnose {student_dir.name} checkpoints"):
-        if str(step) not in curve:
+        if str(step) not in report.get(student_dir.name, {}):
             if step == 0:  # the student's initialization: the teacher's one-step Euler sampler, by construction
                 policy = load_checkpoint(checkpoints["teacher"], num_inference_steps=1, ode_solver="euler")[0]
             else:
                 policy = load_checkpoint(student_checkpoint(student_dir, step, cfg.steps))[0]
-            curve[str(step)] = measure(policy)
-            save()
+            save(student_dir.name, str(step), measure(policy))
     return report
 
 
@@ -370,7 +374,20 @@ def main() -> None:
         variant = cache_variant + (f"_{args.student_steps}steps" if args.student_steps else "")
         variant += "".join(f"_{arg.replace('=', '')}" for arg in args.student_arg)
         student_name = f"student{variant}"
-        if not cache_path.exists():
+        student_cfg = train_config(
+            args.configs,
+            "student",
+            output,
+            f"--policy.teacher_path={checkpoints['teacher']}",
+            f"--policy.teacher_cache_path={cache_path}",
+            f"--policy.num_teacher_samples={args.cache_samples}",
+            *steps_override,
+            *policy_overrides,
+        )
+        # A cache from before latents were kept is drawn again (the same seed gives the same samples) when
+        # paired distillation needs them.
+        needs_latents = student_cfg.policy.paired_weight > 0
+        if not cache_path.exists() or (needs_latents and not cache_has_latents(cache_path)):
             start = time.perf_counter()
             teacher, _, _ = load_checkpoint(checkpoints["teacher"])
             cache_from_samples(
@@ -384,16 +401,6 @@ def main() -> None:
                 teacher_cfg.seed,
             )
             record_timing(output / "teacher", f"teacher_cache{cache_variant}_s", time.perf_counter() - start)
-        student_cfg = train_config(
-            args.configs,
-            "student",
-            output,
-            f"--policy.teacher_path={checkpoints['teacher']}",
-            f"--policy.teacher_cache_path={cache_path}",
-            f"--policy.num_teacher_samples={args.cache_samples}",
-            *steps_override,
-            *policy_overrides,
-        )
         student_dir = output / student_name
         checkpoints[student_name] = train(student_cfg, student_dir, samples, student_name, args.save_every)
         student_steps = sorted({0, *range(args.save_every, student_cfg.steps, args.save_every), student_cfg.steps})

@@ -9,6 +9,7 @@ from lerobot_flowstep.core.imle import (
     energy_distance,
     energy_score,
     imle_chamfer_objective,
+    paired_distances,
     trajectory_distances,
 )
 
@@ -64,6 +65,18 @@ def test_padded_steps_do_not_count():
     b[..., -1, :] = 100.0
     mask = torch.tensor([[True, True, True, False]])
     assert trajectory_distances(a, b, mask).item() == 0.0
+
+
+@pytest.mark.parametrize("use_mask", [False, True])
+def test_paired_distances_are_the_diagonal_of_the_all_pairs_distances(use_mask):
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(3, 5, 6, 2, generator=g, dtype=torch.float64)
+    b = torch.randn(3, 5, 6, 2, generator=g, dtype=torch.float64)
+    mask = torch.rand(3, 6, generator=g) > 0.3 if use_mask else None
+    expected = trajectory_distances(a, b, mask).diagonal(dim1=1, dim2=2)
+    assert torch.allclose(paired_distances(a, b, mask), expected)
+    # Pairing matters: the same set in another order is far, where Chamfer would call it equal.
+    assert paired_distances(a, a.flip(1)).mean() > 1.0 and chamfer_loss(a, a.flip(1)).abs().max() < 1e-12
 
 
 def test_imle_selection_trains_only_the_best_candidate_set():

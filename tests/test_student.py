@@ -42,9 +42,7 @@ def _student(teacher_dir, **kwargs):
         teacher_path=str(teacher_dir),
         input_features=_features(),
         output_features=dict(ACTION_FEATURES),
-        num_teacher_samples=3,
-        num_student_samples=4,
-        **kwargs,
+        **({"num_teacher_samples": 3, "num_student_samples": 4} | kwargs),
     )
     return ImleStudentPolicy(cfg)
 
@@ -142,18 +140,56 @@ def test_student_starts_as_the_teachers_one_step_euler_sampler(teacher_dir):
 def test_teacher_cache_replaces_online_sampling(teacher_dir, tmp_path):
     teacher = FlowstepTeacherPolicy.from_pretrained(teacher_dir)
     batch = _batch()
-    samples, index = sample_teacher(teacher, [batch], num_samples=3, num_steps=2, solver="heun")
+    samples, _, index = sample_teacher(teacher, [batch], num_samples=3, num_steps=2, solver="heun")
     cache_file = write_teacher_cache(samples, index + 10, tmp_path / "cache.safetensors", {"note": "test"})
     student = _student(teacher_dir, teacher_cache_path=str(cache_file)).train()
     student._teacher_holder.append(None)  # any online sampling would now fail loudly
     student.initialize_from_teacher = lambda: None
     shifted = {**batch, "index": batch["index"] + 10}
-    targets, missing = student.teacher_targets(shifted)
-    assert torch.equal(targets, samples) and not missing.any()
+    targets, latents, missing = student.teacher_targets(shifted)
+    assert torch.equal(targets, samples) and latents is None and not missing.any()
     student.forward(shifted)[0].backward()
     # Frames the cache lacks stop the step, named, before any gradient is taken from a placeholder.
     with pytest.raises(KeyError, match=r"Frames \[0, 99\] are not in the teacher cache"):
         student.forward({**batch, "index": torch.tensor([0, 11, 12, 13, 99])})
+
+
+def test_paired_distillation_regresses_on_the_teachers_noise_to_chunk_map(teacher_dir, tmp_path):
+    teacher = FlowstepTeacherPolicy.from_pretrained(teacher_dir)
+    batch = _batch()
+    paired = {"paired_weight": 1.0, "coverage_weight": 0.0, "fidelity_weight": 0.0, "include_dataset_action": False}
+
+    def cached_student(num_steps, solver):
+        samples, latents, index = sample_teacher(teacher, [batch], 3, num_steps, solver, seed=5)
+        # The stored latents are the ones each sample was integrated from.
+        again = teacher.sample(batch, 3, noise=latents.flatten(0, 1), num_steps=num_steps, solver=solver)
+        assert torch.allclose(again, samples, atol=1e-6)
+        path = write_teacher_cache(samples, index, tmp_path / f"{solver}{num_steps}.safetensors", {}, latents)
+        student = _student(teacher_dir, teacher_cache_path=str(path), num_student_samples=3, **paired)
+        return student.train()
+
+    # At initialization the student is the teacher's one-step Euler map, so against a one-step Euler cache the
+    # paired loss is zero, but only if each student sample starts from its target's own latent.
+    loss, info = cached_student(1, "euler").forward(batch)
+    assert loss.item() < 1e-10 and info["paired_loss"] < 1e-10
+    student = cached_student(4, "heun")
+    loss, info = student.forward(batch)
+    assert loss.item() > 1e-4 and loss.item() == pytest.approx(info["paired_loss"], rel=1e-5)
+    loss.backward()
+    assert student.generator.inp.weight.grad.abs().sum() > 0
+    # Online sampling pairs the same way: a one-step Euler teacher gives a zero loss.
+    online = _student(
+        teacher_dir, num_student_samples=3, teacher_num_inference_steps=1, teacher_ode_solver="euler", **paired
+    )
+    assert online.train().forward(batch)[0].item() < 1e-10
+
+    # A cache written before latents were kept, and a student that cannot be paired, are refused by name.
+    samples, _, index = sample_teacher(teacher, [batch], 3, 1, "euler")
+    old = write_teacher_cache(samples, index, tmp_path / "old.safetensors", {})
+    with pytest.raises(ValueError, match="holds no latents"):
+        _student(teacher_dir, teacher_cache_path=str(old), num_student_samples=3, **paired).train().forward(batch)
+    with pytest.raises(ValueError, match="num_student_samples == num_teacher_samples"):
+        _student(teacher_dir, paired_weight=1.0)  # 4 student samples, 3 teacher samples
 
 
 def test_mismatched_teacher_fails_at_start_up_naming_both(teacher_dir):

@@ -33,6 +33,20 @@ def trajectory_distances(a: Tensor, b: Tensor, mask: Tensor | None = None) -> Te
     return (per_step * weights).sum(-1) / weights.sum(-1).clamp(min=1.0)
 
 
+def paired_distances(a: Tensor, b: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Squared distance between a[:, m] and b[:, m], the m-th trajectories of two aligned sets, averaged over
+    valid steps as in `trajectory_distances`: (B, M) for a, b (B, M, H, A) and mask (B, H).
+
+    Paired distillation: the teacher's ODE maps each latent to one chunk, so a student fed the same latent
+    has one right answer. Regressing on that map keeps the modes with their weights, which a set objective
+    only matches up to the pairing it finds."""
+    per_step = ((a - b) ** 2).sum(-1)  # (B, M, H)
+    if mask is None:
+        return per_step.mean(-1)
+    weights = mask.to(per_step.dtype)[:, None, :]
+    return (per_step * weights).sum(-1) / weights.sum(-1).clamp(min=1.0)
+
+
 def mean_root(distances: Tensor, distinct_pairs: bool = False) -> Tensor:
     """Mean Euclidean distance per observation, (B,), from squared `trajectory_distances` (B, N, N'). With
     `distinct_pairs` (a set against itself), the diagonal is left out: the unbiased mean distance between two

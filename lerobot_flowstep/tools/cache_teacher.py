@@ -25,15 +25,19 @@ def sample_teacher(
     num_steps: int,
     solver: str,
     seed: int = 0,
-) -> tuple[Tensor, Tensor]:
-    """Teacher chunks for preprocessed batches that carry the dataset's `index`: (samples, index)."""
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Teacher chunks for preprocessed batches that carry the dataset's `index`: (samples, latents, index),
+    the latents being the noise each chunk's ODE started from, shaped like the samples."""
     generator = torch.Generator(device=next(teacher.parameters()).device).manual_seed(seed)
-    samples, indices = [], []
+    samples, latents, indices = [], [], []
     for batch in batches:
         indices.append(batch["index"].long().cpu())
-        chunk = teacher.sample(batch, num_samples, generator=generator, num_steps=num_steps, solver=solver)
+        cond = teacher.encode(batch)
+        noise = teacher.inference_noise(cond.shape[0] * num_samples, cond.device, generator)
+        chunk = teacher.sample(batch, num_samples, cond=cond, noise=noise, num_steps=num_steps, solver=solver)
         samples.append(chunk.cpu())
-    return torch.cat(samples).contiguous(), torch.cat(indices)
+        latents.append(noise.reshape(chunk.shape).cpu())
+    return torch.cat(samples).contiguous(), torch.cat(latents).contiguous(), torch.cat(indices)
 
 
 def _metadata(
@@ -63,9 +67,9 @@ def cache_from_samples(
         {k: v[i : i + batch_size] for k, v in processed.items() if isinstance(v, Tensor) and len(v) == frames}
         for i in tqdm(range(0, frames, batch_size), desc=f"teacher samples ({num_samples} x {num_steps} {solver})")
     )
-    cached, index = sample_teacher(teacher, batches, num_samples, num_steps, solver, seed)
+    cached, latents, index = sample_teacher(teacher, batches, num_samples, num_steps, solver, seed)
     metadata = {**_metadata(teacher, teacher_path, num_samples, num_steps, solver, seed), **(extra_metadata or {})}
-    return write_teacher_cache(cached, index, output, metadata)
+    return write_teacher_cache(cached, index, output, metadata, latents)
 
 
 def build_teacher_cache(
@@ -91,6 +95,6 @@ def build_teacher_cache(
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     desc = f"teacher samples ({num_samples} x {num_steps} {solver} steps)"
     batches = (preprocessor(batch) for batch in tqdm(loader, desc=desc, unit="batch"))
-    samples, index = sample_teacher(teacher, batches, num_samples, num_steps, solver, seed)
+    samples, latents, index = sample_teacher(teacher, batches, num_samples, num_steps, solver, seed)
     metadata = _metadata(teacher, teacher_path, num_samples, num_steps, solver, seed)
-    return write_teacher_cache(samples, index, output, {**metadata, "repo_id": repo_id, "root": str(root)})
+    return write_teacher_cache(samples, index, output, {**metadata, "repo_id": repo_id, "root": str(root)}, latents)

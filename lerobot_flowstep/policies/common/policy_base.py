@@ -137,16 +137,21 @@ class FlowstepBasePolicy(PreTrainedPolicy):
         num_samples: int = 1,
         generator: torch.Generator | None = None,
         cond: Tensor | None = None,
+        noise: Tensor | None = None,
         **generate_kwargs,
     ) -> Tensor:
         """`num_samples` chunks per observation in one batched call: (B, num_samples, horizon, action_dim),
         in normalized action space. The observation is encoded once and shared by its samples;
-        `generate_kwargs` go to `generate` (e.g. the teacher's `num_steps` and `solver`)."""
+        `generate_kwargs` go to `generate` (e.g. the teacher's `num_steps` and `solver`). `noise`: the latents
+        (B * num_samples, horizon, action_dim), observation-major, when the caller keeps them (a teacher
+        cache for paired distillation); else drawn by `inference_noise`."""
         if cond is None:
             cond = self.encode(batch)
         b = cond.shape[0]
         cond = cond.repeat_interleave(num_samples, dim=0)
-        noise = self.inference_noise(b * num_samples, cond.device, generator).to(cond.dtype)
+        if noise is None:
+            noise = self.inference_noise(b * num_samples, cond.device, generator)
+        noise = noise.to(cond.dtype)
         return self.generate(cond, noise, **generate_kwargs).reshape(b, num_samples, self.config.horizon, -1)
 
     def _chunk_from_cond(self, cond: Tensor, noise: Tensor | None = None) -> Tensor:

@@ -75,6 +75,11 @@ class ImleStudentConfig(FlowstepBaseConfig):
         Chamfer loss. Chamfer at finite K and M is minimized by a set narrower than its targets; the energy
         score is minimized only by the targets' distribution, so it holds the student's spread. 0 = plain
         Chamfer, the paper's objective. Needs num_student_samples >= 2.
+    paired_weight: weight of paired distillation (`core.imle.paired_distances`): the student's samples start
+        from the latents of the teacher's samples, and each is regressed onto the teacher's chunk from the same
+        latent, i.e. onto the teacher's deterministic noise-to-chunk map. Set the Chamfer weights to 0 for pure
+        paired distillation. Needs num_student_samples == num_teacher_samples, num_candidate_sets == 1 and,
+        with a cache, one that holds latents.
     include_dataset_action: add the dataset's own chunk to the teacher samples as one more target.
     teacher_num_inference_steps, teacher_ode_solver: how teacher samples are drawn for distillation; the
         student inherits the error of these samples, so they are drawn more accurately than at deployment.
@@ -102,6 +107,7 @@ class ImleStudentConfig(FlowstepBaseConfig):
     coverage_weight: float = 1.0
     fidelity_weight: float = 1.0
     energy_weight: float = 0.0
+    paired_weight: float = 0.0
     include_dataset_action: bool = True
     teacher_num_inference_steps: int = 10
     teacher_ode_solver: str = "heun"
@@ -122,7 +128,7 @@ class ImleStudentConfig(FlowstepBaseConfig):
             raise ValueError(f"candidate_selection must be one of {CANDIDATE_RULES}, got '{self.candidate_selection}'.")
         if self.teacher_ode_solver not in SOLVERS:
             raise ValueError(f"teacher_ode_solver must be one of {SOLVERS}, got '{self.teacher_ode_solver}'.")
-        for name in ("coverage_weight", "fidelity_weight", "energy_weight"):
+        for name in ("coverage_weight", "fidelity_weight", "energy_weight", "paired_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
         if self.energy_weight > 0 and self.num_student_samples < 2:
@@ -133,6 +139,14 @@ class ImleStudentConfig(FlowstepBaseConfig):
         for name in ("num_teacher_samples", "num_student_samples", "num_candidate_sets", "num_inference_candidates"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.paired_weight > 0 and (
+            self.num_student_samples != self.num_teacher_samples or self.num_candidate_sets != 1
+        ):
+            raise ValueError(
+                f"paired_weight={self.paired_weight} feeds the student the latents of the teacher's samples, one "
+                f"each: it needs num_student_samples == num_teacher_samples and num_candidate_sets == 1, got "
+                f"{self.num_student_samples}, {self.num_teacher_samples} and {self.num_candidate_sets}."
+            )
         # Here, not when the policy is built: lerobot-train resolves the dataset's delta_timestamps from
         # horizon and n_obs_steps before any policy exists, so they must be the teacher's by then.
         if self.teacher_path and self.inherit_teacher_config and not self.teacher_config_inherited:

@@ -4,7 +4,7 @@ import torch
 from lerobot.utils.constants import ACTION
 from torch import Tensor
 
-from lerobot_flowstep.core.imle import imle_chamfer_objective, trajectory_distances
+from lerobot_flowstep.core.imle import imle_chamfer_objective, paired_distances, trajectory_distances
 from lerobot_flowstep.core.networks import make_chunk_network
 from lerobot_flowstep.policies.common.policy_base import FlowstepBasePolicy
 from lerobot_flowstep.policies.flowstep_teacher.modeling_flowstep_teacher import FlowstepTeacherPolicy
@@ -155,15 +155,21 @@ class ImleStudentPolicy(FlowstepBasePolicy):
             if not bool(self.initialized_from_teacher):
                 self.initialize_from_teacher()
             self._teacher_copy_checked = True
-        targets, missing = self.teacher_targets(batch)
+        paired = self.config.paired_weight > 0
+        teacher_samples, latents, missing = self.teacher_targets(batch, with_latents=paired)
+        targets = teacher_samples
         if self.config.include_dataset_action:
             targets = torch.cat([targets, actions[:, None].to(targets.dtype)], dim=1)
 
         cond = self.encode(batch)
         b = cond.shape[0]
         c, k = self.config.num_candidate_sets, self.config.num_student_samples
-        # One independent latent per candidate sample: distinct latents are what spread the samples.
-        noise = self.sample_noise(b * c * k, cond.device).to(cond.dtype)
+        if paired:
+            # The teacher's latents, which are themselves independent draws, so the set terms still apply.
+            noise = latents.flatten(0, 1).to(cond.dtype)
+        else:
+            # One independent latent per candidate sample: distinct latents are what spread the samples.
+            noise = self.sample_noise(b * c * k, cond.device).to(cond.dtype)
         candidates = self.generate(cond.repeat_interleave(c * k, dim=0), noise)
         candidates = candidates.reshape(b, c, k, self.config.horizon, -1)
         loss, stats = imle_chamfer_objective(
@@ -174,6 +180,10 @@ class ImleStudentPolicy(FlowstepBasePolicy):
             self.config.fidelity_weight,
             self.config.energy_weight,
         )
+        if paired:
+            paired_loss = paired_distances(teacher_samples, candidates[:, 0], mask).mean()
+            loss = loss + self.config.paired_weight * paired_loss
+            stats["paired_loss"] = paired_loss.detach()
         if missing is None:
             return loss, self.training_info(stats, batch)
         # The cache's missing-frame count rides on the same host readback as the logged values.
@@ -183,9 +193,12 @@ class ImleStudentPolicy(FlowstepBasePolicy):
         return loss, info
 
     @torch.no_grad()
-    def teacher_targets(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
-        """M teacher chunks per observation (B, M, H, A), and from the cache also which rows it lacks (B,)
-        (their chunks are placeholders): from the cache when configured, else sampled."""
+    def teacher_targets(
+        self, batch: dict[str, Tensor], with_latents: bool = False
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """M teacher chunks per observation (B, M, H, A); with `with_latents` the latent each was drawn from
+        (B, M, H, A), else None; and from the cache also which rows it lacks (B,) (their chunks are
+        placeholders), else None. From the cache when configured, else sampled."""
         cache = self.teacher_cache
         if cache is not None:
             if "index" not in batch:
@@ -196,12 +209,14 @@ class ImleStudentPolicy(FlowstepBasePolicy):
                     f"The teacher cache holds {cache.num_samples} samples per frame, fewer than "
                     f"num_teacher_samples={m}."
                 )
+            if with_latents:
+                samples, latents, missing = cache.lookup_pairs(batch["index"])
+                return samples[:, :m], latents[:, :m], missing
             samples, missing = cache.lookup(batch["index"])
-            return samples[:, :m], missing
-        samples = self.teacher.sample(
-            batch,
-            self.config.num_teacher_samples,
-            num_steps=self.config.teacher_num_inference_steps,
-            solver=self.config.teacher_ode_solver,
-        )
-        return samples, None
+            return samples[:, :m], None, missing
+        teacher, m = self.teacher, self.config.num_teacher_samples
+        cond = teacher.encode(batch)
+        latents = teacher.inference_noise(cond.shape[0] * m, cond.device)
+        solver = {"num_steps": self.config.teacher_num_inference_steps, "solver": self.config.teacher_ode_solver}
+        samples = teacher.sample(batch, m, cond=cond, noise=latents, **solver)
+        return samples, latents.reshape(samples.shape) if with_latents else None, None

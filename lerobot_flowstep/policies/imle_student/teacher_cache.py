@@ -5,8 +5,9 @@ Drawing M samples with N ODE steps for every observation of every batch dominate
 the samples of a frame do not change during distillation, so they are drawn once (with as many steps
 and as accurate a solver as one likes, by `lerobot_flowstep.tools.cache_teacher`) and looked up by the
 dataset's global frame `index`. The file is safetensors: `samples` (num_frames, M, horizon, action_dim) in
-the teacher's normalized action space and `index` (num_frames,), with the settings that made it in the
-metadata (`cache_metadata`).
+the teacher's normalized action space, `latents` of the same shape (the noise each sample's ODE started
+from, which paired distillation regresses on; caches written before they were kept lack them) and `index`
+(num_frames,), with the settings that made it in the metadata (`cache_metadata`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ def read_cache_metadata(path: str | Path) -> dict[str, str]:
         return f.metadata() or {}
 
 
+def cache_has_latents(path: str | Path) -> bool:
+    """Whether the cache keeps each sample's latent (caches written before they were kept do not)."""
+    with safe_open(str(path), framework="pt") as f:
+        return "latents" in f.keys()
+
+
 def cache_metadata(
     horizon: int, action_dim: int, teacher_path: str, num_samples: int, num_steps: int, solver: str, seed: int
 ) -> dict[str, str]:
@@ -44,13 +51,18 @@ def cache_metadata(
     }
 
 
-def write_teacher_cache(samples: Tensor, index: Tensor, output: Path, metadata: dict[str, str]) -> Path:
+def write_teacher_cache(
+    samples: Tensor, index: Tensor, output: Path, metadata: dict[str, str], latents: Tensor | None = None
+) -> Path:
     """Atomic write: an interrupted run leaves no cache file behind."""
     output = Path(output)
+    if latents is not None and latents.shape != samples.shape:
+        raise ValueError(f"latents {tuple(latents.shape)} must match samples {tuple(samples.shape)}.")
+    tensors = {"samples": samples, "index": index} | ({} if latents is None else {"latents": latents})
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".partial")
     try:
-        save_file({"samples": samples, "index": index}, str(tmp), metadata)
+        save_file(tensors, str(tmp), metadata)
         os.replace(tmp, output)
     finally:
         tmp.unlink(missing_ok=True)
@@ -66,6 +78,7 @@ class TeacherCache:
         with safe_open(str(self.path), framework="pt") as f:
             self.samples = f.get_tensor("samples")
             index = f.get_tensor("index")
+            self.latents = f.get_tensor("latents") if "latents" in f.keys() else None
         # Row of each frame index, -1 where the cache has none; a dense table makes a lookup one gather.
         self._row = torch.full((int(index.max()) + 1,), -1, dtype=torch.long)
         self._row[index] = torch.arange(len(index))
@@ -81,17 +94,32 @@ class TeacherCache:
     def to(self, device: torch.device | str) -> TeacherCache:
         self.samples = self.samples.to(device)
         self._row = self._row.to(device)
+        if self.latents is not None:
+            self.latents = self.latents.to(device)
         return self
+
+    def _rows(self, index: Tensor) -> tuple[Tensor, Tensor]:
+        index = index.to(self._row.device, torch.long)
+        last = len(self._row) - 1
+        rows = self._row[index.clamp(0, last)]
+        return rows.clamp(min=0), (rows < 0) | (index > last) | (index < 0)
 
     def lookup(self, index: Tensor) -> tuple[Tensor, Tensor]:
         """Samples (B, M, horizon, action_dim) for global frame indices (B,), and which of them the cache lacks
         (B,) bool; those rows hold another frame's samples. Nothing is read back to the host, so the caller
         decides when to look at `missing` (`missing_frames_error`)."""
-        index = index.to(self._row.device, torch.long)
-        last = len(self._row) - 1
-        rows = self._row[index.clamp(0, last)]
-        missing = (rows < 0) | (index > last) | (index < 0)
-        return self.samples[rows.clamp(min=0)], missing
+        rows, missing = self._rows(index)
+        return self.samples[rows], missing
+
+    def lookup_pairs(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Like `lookup`, with the latent each sample was drawn from: (samples, latents, missing)."""
+        if self.latents is None:
+            raise ValueError(
+                f"The teacher cache {self.path} holds no latents (it was written before they were kept), and "
+                "paired_weight > 0 regresses on them: rebuild it with `lerobot-flowstep cache-teacher`."
+            )
+        rows, missing = self._rows(index)
+        return self.samples[rows], self.latents[rows], missing
 
     def missing_frames_error(self, index: Tensor) -> KeyError:
         """The error for a batch with frames the cache lacks, naming up to five of them and the dataset the
