@@ -133,8 +133,11 @@ def intermediate_checkpoint(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / f"{step:06d}" / "pretrained_model"
 
 
-def pusht_chunk_latency(checkpoint: Path, **overrides) -> dict:
-    """Batch-1 chunk latency on a PushT observation, with the checkpoint's processors."""
+def pusht_chunk_latency(checkpoint: Path, path: Path, remeasure: bool = False, **overrides) -> dict:
+    """Batch-1 chunk latency on a PushT observation, with the checkpoint's processors, measured once and kept
+    at `path`: measured again on every run, it would follow the machine's load of the moment, not the model."""
+    if path.is_file() and not remeasure:
+        return json.loads(path.read_text())
     policy, preprocessor, _ = load_checkpoint(checkpoint, **overrides)
     env_cfg = PushtEnv(obs_type=OBS_TYPE)
     env = make_env(env_cfg, n_envs=1)[env_cfg.type][0]
@@ -143,15 +146,27 @@ def pusht_chunk_latency(checkpoint: Path, **overrides) -> dict:
     finally:
         env.close()
     batch = preprocessor(preprocess_observation(obs))
-    return chunk_latency(policy, batch, warmup=5, repeats=50).as_dict()
+    stats = chunk_latency(policy, batch, warmup=5, repeats=50).as_dict()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(stats))
+    return stats
+
+
+def run_key(model: str, policy_args: dict) -> list[str]:
+    """What is evaluated or timed, as name parts: the checkpoint and its policy settings."""
+    return [model, *(f"{k}={v}" for k, v in sorted(policy_args.items()))]
+
+
+def latency_path(output: Path, model: str, policy_args: dict) -> Path:
+    return output / "latency" / ("_".join(run_key(model, policy_args)) + ".json")
 
 
 def run_eval(
     evaluation: Evaluation, checkpoint: Path, output: Path, args: argparse.Namespace, latency: dict, episodes: int
 ) -> dict:
     # Keyed by what is evaluated, not by the display name, so that a resumed run never reuses another result.
-    settings = [f"{k}={v}" for k, v in sorted(evaluation.policy_args.items())]
-    parts = [evaluation.model, *settings, f"{episodes}ep", *(["disturbed"] if evaluation.disturbed else [])]
+    parts = [*run_key(evaluation.model, evaluation.policy_args), f"{episodes}ep"]
+    parts += ["disturbed"] if evaluation.disturbed else []
     out_dir = output / "eval" / "_".join(parts)
     if not (out_dir / "eval_info.json").exists():
         extra = [f"--env.obs_type={OBS_TYPE}", *(f"--policy.{k}={v}" for k, v in evaluation.policy_args.items())]
@@ -326,6 +341,11 @@ def main() -> None:
     parser.add_argument("--no-disturbance", action="store_true", help="skip the disturbance test")
     parser.add_argument("--no-eval", action="store_true", help="train, cache and diagnose only")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--remeasure-latency",
+        action="store_true",
+        help="measure chunk latency again (on a quiet machine) instead of reading output/latency/",
+    )
     args = parser.parse_args()
     for arg in args.student_arg + [a for run, *fields in args.extra_eval for a in fields]:
         if "=" not in arg:
@@ -470,7 +490,10 @@ def main() -> None:
     def latency_of(evaluation: Evaluation) -> dict:
         key = f"{evaluation.model} {sorted(evaluation.policy_args.items())}"
         if key not in latencies:
-            latencies[key] = pusht_chunk_latency(checkpoints[evaluation.model], **evaluation.policy_args)
+            path = latency_path(output, evaluation.model, evaluation.policy_args)
+            latencies[key] = pusht_chunk_latency(
+                checkpoints[evaluation.model], path, args.remeasure_latency, **evaluation.policy_args
+            )
         return latencies[key]
 
     evaluations = [e for e in evaluations if e.model in checkpoints]
@@ -483,7 +506,9 @@ def main() -> None:
         checkpoint = output / run / "checkpoints" / "last" / "pretrained_model"
         policy_args = dict(field.split("=", 1) for field in fields)
         evaluation = Evaluation(f"{run} ({', '.join(fields) or 'its config'})", run, policy_args)
-        latency = pusht_chunk_latency(checkpoint, **{k: parse_value(v) for k, v in policy_args.items()})
+        overrides = {k: parse_value(v) for k, v in policy_args.items()}
+        path = latency_path(output, run, policy_args)
+        latency = pusht_chunk_latency(checkpoint, path, args.remeasure_latency, **overrides)
         extra[evaluation.name] = run_eval(evaluation, checkpoint, output, args, latency, args.curve_episodes)
 
     # Success against distillation steps: every saved student checkpoint, one sample per chunk (the
