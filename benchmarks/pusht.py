@@ -55,7 +55,7 @@ from lerobot_flowstep.datasets.zarr import convert_zarr
 from lerobot_flowstep.policies.imle_student.teacher_cache import cache_has_latents
 from lerobot_flowstep.tools.cache_teacher import cache_from_samples
 from lerobot_flowstep.tools.checkpoints import load_checkpoint
-from lerobot_flowstep.tools.diagnostics import held_out_batch, sample_chamfer
+from lerobot_flowstep.tools.diagnostics import held_out_batch, paired_error, sample_chamfer
 from lerobot_flowstep.tools.latency import chunk_latency, replan_period
 from lerobot_flowstep.tools.lerobot_commands import eval_args, lerobot_eval
 from lerobot_flowstep.tools.plots import plot_benchmark, plot_distillation_curves, plot_recipe_variants
@@ -234,7 +234,8 @@ def diagnose_distillation(
     """Chamfer coverage and fidelity, against accurate teacher samples (the cache's solver and steps), on frames
     of the held-out episodes: for the student at each saved distillation step (step 0 is its initialization,
     which is exactly one-step CFM), the teacher's deployed sampler, one-step CFM, and a second independent
-    draw of the reference itself (the floor: what a perfect copy of the teacher would score)."""
+    draw of the reference itself (the floor: what a perfect copy of the teacher would score). Each also gets
+    its paired error against the deployed sampler (`paired_error`: the same latents through both)."""
     path = output / "diagnosis.json"
     report = json.loads(path.read_text()) if path.exists() else {}
     settings = {
@@ -251,8 +252,17 @@ def diagnose_distillation(
     )
     reference = {"num_steps": args.reference_steps, "solver": "heun"}
 
-    def measure(policy) -> dict:
-        return sample_chamfer(policy, teacher, batch, args.diagnosis_samples, seed=0, **reference)
+    def measure(policy, known: dict | None) -> dict:
+        """The measurements `known` (an entry of an earlier run) lacks, added to it."""
+        known = dict(known or {})
+        if "coverage" not in known:
+            known |= sample_chamfer(policy, teacher, batch, args.diagnosis_samples, seed=0, **reference)
+        if "paired_error_deployed" not in known:
+            known["paired_error_deployed"] = paired_error(policy, teacher, batch, args.diagnosis_samples, seed=0)
+        return known
+
+    def missing(section: str, key: str) -> bool:
+        return "paired_error_deployed" not in report.get(section, {}).get(key, {})
 
     def save(section: str, key: str, value: dict) -> None:
         # Merged into the file as it is now: a concurrent run (another recipe variant) may have added entries.
@@ -273,15 +283,16 @@ def diagnose_distillation(
         },
     }
     for name, overrides in variants.items():
-        if name not in report["references"]:
-            save("references", name, measure(load_checkpoint(checkpoints["teacher"], **overrides)[0]))
+        if missing("references", name):
+            policy = load_checkpoint(checkpoints["teacher"], **overrides)[0]
+            save("references", name, measure(policy, report["references"].get(name)))
     for step in tqdm(student_steps, desc=f"diagnose {student_dir.name} checkpoints"):
-        if str(step) not in report.get(student_dir.name, {}):
+        if missing(student_dir.name, str(step)):
             if step == 0:  # the student's initialization: the teacher's one-step Euler sampler, by construction
                 policy = load_checkpoint(checkpoints["teacher"], num_inference_steps=1, ode_solver="euler")[0]
             else:
                 policy = load_checkpoint(student_checkpoint(student_dir, step, cfg.steps))[0]
-            save(student_dir.name, str(step), measure(policy))
+            save(student_dir.name, str(step), measure(policy, report.get(student_dir.name, {}).get(str(step))))
     return report
 
 

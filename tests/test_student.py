@@ -192,6 +192,22 @@ def test_paired_distillation_regresses_on_the_teachers_noise_to_chunk_map(teache
         _student(teacher_dir, paired_weight=1.0)  # 4 student samples, 3 teacher samples
 
 
+def test_paired_error_compares_noise_to_chunk_maps_not_distributions(teacher_dir):
+    from lerobot_flowstep.tools.diagnostics import paired_error
+
+    student = _student(teacher_dir).eval()
+    student.initialize_from_teacher()
+    batch = _batch()
+    # The student starts as the teacher's one-step Euler map: zero against it, not against 4 Heun steps.
+    assert paired_error(student, student.teacher, batch, 8, num_steps=1, solver="euler") < 1e-10
+    assert paired_error(student, student.teacher, batch, 8, num_steps=4, solver="heun") > 1e-4
+    # A map of -z has the same distribution (z and -z are alike) but other chunks: a different map.
+    mirrored = _student(teacher_dir).eval()
+    mirrored.initialize_from_teacher()
+    mirrored.generate = lambda cond, noise: student.generate(cond, -noise)
+    assert paired_error(mirrored, student.teacher, batch, 8, num_steps=1, solver="euler") > 1e-3
+
+
 def test_mismatched_teacher_fails_at_start_up_naming_both(teacher_dir):
     with pytest.raises(ValueError, match=r"action shape: teacher \(2,\) vs student/dataset \(3,\)"):
         ImleStudentPolicy(

@@ -2,7 +2,9 @@
 
 - `sample_chamfer`: on held-out observations of any dataset, many samples from a policy against many
   from the teacher, both Chamfer directions (coverage: are all teacher modes reached; fidelity: does every
-  sample lie near some teacher sample), in the teacher's normalized action space.
+  sample lie near some teacher sample), in the teacher's normalized action space;
+- `paired_error`: the same observations and latents through a policy and its teacher, how far apart the
+  chunks land (what paired distillation minimizes);
 - `rollout_mode_report`: closed-loop rollouts through LeRobot's own `eval_policy` on the `flowstep_obstacle`
   env: success rate, modes covered, normalized entropy of the mode histogram and the share of
   off-manifold (between-mode or colliding) trajectories.
@@ -24,7 +26,7 @@ from lerobot.scripts.lerobot_eval import eval_policy
 from lerobot.utils.constants import OBS_STATE
 from torch import Tensor
 
-from lerobot_flowstep.core.imle import chamfer_terms, energy_distance
+from lerobot_flowstep.core.imle import chamfer_terms, energy_distance, paired_distances
 from lerobot_flowstep.envs import ObstacleEnvConfig, ObstacleLayout, classify_trajectory
 from lerobot_flowstep.policies.common.policy_base import FlowstepBasePolicy
 
@@ -53,6 +55,27 @@ def sample_chamfer(
         "energy_distance": energy.mean().item(),
         "spread_ratio": (policy_spread.mean() / teacher_spread.mean()).item(),
     }
+
+
+@torch.no_grad()
+def paired_error(
+    policy: FlowstepBasePolicy,
+    teacher: FlowstepBasePolicy,
+    batch: dict[str, Tensor],
+    num_samples: int = 32,
+    seed: int = 0,
+    **teacher_generate_kwargs,
+) -> float:
+    """How far `policy`'s noise-to-chunk map is from `teacher`'s: both fed the same latents, the mean squared
+    distance between their chunks (`core.imle.paired_distances`), over observations and latents. Zero only
+    for a policy that reproduces each of the teacher's samples, not just their distribution."""
+    b = next(v for k, v in batch.items() if k.startswith("observation.")).shape[0]
+    device = next(policy.parameters()).device
+    noise = policy.sample_noise(b * num_samples, device, torch.Generator(device=device).manual_seed(seed))
+    teacher_samples = teacher.sample(batch, num_samples, noise=noise, **teacher_generate_kwargs)
+    policy_samples = policy.sample(batch, num_samples, noise=noise)
+    mask = ~batch["action_is_pad"] if "action_is_pad" in batch else None
+    return paired_distances(teacher_samples, policy_samples, mask).mean().item()
 
 
 @dataclass
