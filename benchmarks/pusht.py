@@ -282,6 +282,9 @@ def diagnose_distillation(
             "ode_solver": "heun",
         },
     }
+    # The teacher with fewer steps: how far from its deployed map a sampler may land and still work.
+    for steps in args.diagnosis_teacher_steps:
+        variants[f"teacher, {steps} {config.ode_solver.capitalize()} steps"] = {"num_inference_steps": steps}
     for name, overrides in variants.items():
         if missing("references", name):
             policy = load_checkpoint(checkpoints["teacher"], **overrides)[0]
@@ -335,6 +338,14 @@ def main() -> None:
     parser.add_argument("--save-every", type=int, default=4000, help="student steps between curve checkpoints")
     parser.add_argument("--diagnosis-frames", type=int, default=256, help="held-out frames for the Chamfer curves")
     parser.add_argument("--diagnosis-samples", type=int, default=32, help="samples per frame and policy")
+    parser.add_argument(
+        "--diagnosis-teacher-steps",
+        type=int,
+        nargs="*",
+        default=[2, 3, 5],
+        help="also diagnose the teacher at these numbers of its solver's steps (its paired error: how far from "
+        "the deployed map a sampler lands)",
+    )
     parser.add_argument("--disturb-step", type=int, default=100, help="action before which the block moves")
     parser.add_argument(
         "--models", nargs="*", choices=MODELS, default=list(MODELS), help="train and evaluate only these (resumable)"
