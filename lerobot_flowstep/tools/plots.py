@@ -151,25 +151,35 @@ def plot_distillation_curves(
 def plot_recipe_variants(
     curves: dict[str, dict[int, dict[str, float]]], references: dict[str, dict[str, float]], path: Path
 ) -> Path:
-    """Distillation recipes side by side: energy distance and spread ratio of each student variant's samples
-    against the reference, per distillation step, with `references` (e.g. the teacher's deployed sampler) as
-    horizontal lines. The spread is where Chamfer-only recipes drift, so it is what separates them."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    """Distillation recipes side by side: energy distance, spread ratio and paired error (against the teacher's
+    deployed sampler, where measured) of each student variant's samples, per distillation step, with
+    `references` (e.g. the teacher's deployed sampler, or the teacher at fewer steps) as horizontal lines. The
+    spread is where Chamfer-only recipes drift; the paired error is what ranks the teacher's own samplers."""
+    panels = [
+        ("energy_distance", "energy distance (0 = a faithful copy)"),
+        ("spread_ratio", "spread: policy / reference"),
+        ("paired_error_deployed", "paired error against the deployed sampler"),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(15, 4.8))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, key, title in (
-        (axes[0], "energy_distance", "energy distance (0 = a faithful copy)"),
-        (axes[1], "spread_ratio", "spread: policy / reference"),
-    ):
-        for color, (name, curve) in zip(colors, curves.items(), strict=False):
-            steps = sorted(curve)
-            ax.plot(steps, [curve[s][key] for s in steps], "o-", color=color, label=name)
-        for style, (name, ref) in zip(("--", ":", "-."), references.items(), strict=False):
-            ax.axhline(ref[key], color="gray", linestyle=style, label=name)
+    styles = ("--", ":", "-.", (0, (1, 3)), (0, (5, 1)), (0, (3, 1, 1, 1)))
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        for i, (name, curve) in enumerate(curves.items()):
+            steps = [s for s in sorted(curve) if key in curve[s]]
+            color = colors[i % len(colors)]
+            ax.plot(
+                steps, [curve[s][key] for s in steps], "o-", color=color, label=name if key == panels[0][0] else None
+            )
+        for i, (name, ref) in enumerate(references.items()):
+            if key in ref:
+                label = name if key == panels[0][0] else None
+                ax.axhline(ref[key], color="gray", linestyle=styles[i % len(styles)], label=label)
         ax.set_xlabel("distillation step")
         ax.set_title(title + ", held-out frames", fontsize=9)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g}k"))
-    axes[1].legend(fontsize=7)
-    fig.tight_layout()
+    # Below the panels: the run names are long and would cover the curves.
+    fig.legend(loc="lower center", ncol=2, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.2, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
