@@ -78,7 +78,9 @@ class TeacherCache:
         with safe_open(str(self.path), framework="pt") as f:
             self.samples = f.get_tensor("samples")
             index = f.get_tensor("index")
-            self.latents = f.get_tensor("latents") if "latents" in f.keys() else None
+            self.has_latents = "latents" in f.keys()
+        # Read on first use: only paired distillation needs them, and they are as large as the samples.
+        self.latents: Tensor | None = None
         # Row of each frame index, -1 where the cache has none; a dense table makes a lookup one gather.
         self._row = torch.full((int(index.max()) + 1,), -1, dtype=torch.long)
         self._row[index] = torch.arange(len(index))
@@ -113,11 +115,14 @@ class TeacherCache:
 
     def lookup_pairs(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Like `lookup`, with the latent each sample was drawn from: (samples, latents, missing)."""
-        if self.latents is None:
+        if not self.has_latents:
             raise ValueError(
                 f"The teacher cache {self.path} holds no latents (it was written before they were kept), and "
-                "paired_weight > 0 regresses on them: rebuild it with `lerobot-flowstep cache-teacher`."
+                "paired_weight > 0 regresses on them: write it again with `lerobot-flowstep cache-teacher`."
             )
+        if self.latents is None:
+            with safe_open(str(self.path), framework="pt") as f:
+                self.latents = f.get_tensor("latents").to(self.device)
         rows, missing = self._rows(index)
         return self.samples[rows], self.latents[rows], missing
 
