@@ -508,16 +508,16 @@ def main() -> None:
     if not args.no_ddpm:
         evaluations.append(Evaluation(f"diffusion (DDPM-100), {small}", "diffusion"))
 
-    latencies: dict[str, dict] = {}
+    latencies: dict[Path, dict] = {}
 
     def latency_of(evaluation: Evaluation) -> dict:
-        key = f"{evaluation.model} {sorted(evaluation.policy_args.items())}"
-        if key not in latencies:
-            path = latency_path(output, evaluation.model, evaluation.policy_args)
-            latencies[key] = pusht_chunk_latency(
+        # Held per path as well as on disk: with --remeasure-latency a model is still timed once per run.
+        path = latency_path(output, evaluation.model, evaluation.policy_args)
+        if path not in latencies:
+            latencies[path] = pusht_chunk_latency(
                 checkpoints[evaluation.model], path, args.remeasure_latency, **evaluation.policy_args
             )
-        return latencies[key]
+        return latencies[path]
 
     evaluations = [e for e in evaluations if e.model in checkpoints]
     results = {

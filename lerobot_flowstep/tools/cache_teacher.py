@@ -32,11 +32,9 @@ def sample_teacher(
     samples, latents, indices = [], [], []
     for batch in batches:
         indices.append(batch["index"].long().cpu())
-        cond = teacher.encode(batch)
-        noise = teacher.inference_noise(cond.shape[0] * num_samples, cond.device, generator)
-        chunk = teacher.sample(batch, num_samples, cond=cond, noise=noise, num_steps=num_steps, solver=solver)
+        chunk, noise = teacher.sample_pairs(batch, num_samples, generator, num_steps=num_steps, solver=solver)
         samples.append(chunk.cpu())
-        latents.append(noise.reshape(chunk.shape).cpu())
+        latents.append(noise.cpu())
     return torch.cat(samples).contiguous(), torch.cat(latents).contiguous(), torch.cat(indices)
 
 

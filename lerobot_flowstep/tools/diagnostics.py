@@ -69,11 +69,11 @@ def paired_error(
     """How far `policy`'s noise-to-chunk map is from `teacher`'s: both fed the same latents, the mean squared
     distance between their chunks (`core.imle.paired_distances`), over observations and latents. Zero only
     for a policy that reproduces each of the teacher's samples, not just their distribution."""
-    b = next(v for k, v in batch.items() if k.startswith("observation.")).shape[0]
-    device = next(policy.parameters()).device
-    noise = policy.sample_noise(b * num_samples, device, torch.Generator(device=device).manual_seed(seed))
+    cond = policy.encode(batch)
+    generator = torch.Generator(device=cond.device).manual_seed(seed)
+    noise = policy.sample_noise(cond.shape[0] * num_samples, cond.device, generator)
     teacher_samples = teacher.sample(batch, num_samples, noise=noise, **teacher_generate_kwargs)
-    policy_samples = policy.sample(batch, num_samples, noise=noise)
+    policy_samples = policy.sample(batch, num_samples, cond=cond, noise=noise)
     mask = ~batch["action_is_pad"] if "action_is_pad" in batch else None
     return paired_distances(teacher_samples, policy_samples, mask).mean().item()
 

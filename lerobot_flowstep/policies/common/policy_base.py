@@ -154,6 +154,21 @@ class FlowstepBasePolicy(PreTrainedPolicy):
         noise = noise.to(cond.dtype)
         return self.generate(cond, noise, **generate_kwargs).reshape(b, num_samples, self.config.horizon, -1)
 
+    @torch.no_grad()
+    def sample_pairs(
+        self,
+        batch: dict[str, Tensor],
+        num_samples: int = 1,
+        generator: torch.Generator | None = None,
+        **generate_kwargs,
+    ) -> tuple[Tensor, Tensor]:
+        """`sample`, and the latent each chunk was generated from, shaped like the chunks: what a teacher cache
+        keeps for paired distillation."""
+        cond = self.encode(batch)
+        noise = self.inference_noise(cond.shape[0] * num_samples, cond.device, generator)
+        samples = self.sample(batch, num_samples, cond=cond, noise=noise, **generate_kwargs)
+        return samples, noise.reshape(samples.shape)
+
     def _chunk_from_cond(self, cond: Tensor, noise: Tensor | None = None) -> Tensor:
         """The chunk to execute (B, horizon, action_dim) for encoded observations (B, cond_dim); both
         `predict_action_chunk` and `select_action` end here, so the chunk does not depend on which was

@@ -214,9 +214,6 @@ class ImleStudentPolicy(FlowstepBasePolicy):
                 return samples[:, :m], latents[:, :m], missing
             samples, missing = cache.lookup(batch["index"])
             return samples[:, :m], None, missing
-        teacher, m = self.teacher, self.config.num_teacher_samples
-        cond = teacher.encode(batch)
-        latents = teacher.inference_noise(cond.shape[0] * m, cond.device)
         solver = {"num_steps": self.config.teacher_num_inference_steps, "solver": self.config.teacher_ode_solver}
-        samples = teacher.sample(batch, m, cond=cond, noise=latents, **solver)
-        return samples, latents.reshape(samples.shape) if with_latents else None, None
+        samples, latents = self.teacher.sample_pairs(batch, self.config.num_teacher_samples, **solver)
+        return samples, latents if with_latents else None, None

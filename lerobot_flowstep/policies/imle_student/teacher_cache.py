@@ -78,7 +78,7 @@ class TeacherCache:
         with safe_open(str(self.path), framework="pt") as f:
             self.samples = f.get_tensor("samples")
             index = f.get_tensor("index")
-            self.has_latents = "latents" in f.keys()
+        self.has_latents = cache_has_latents(self.path)
         # Read on first use: only paired distillation needs them, and they are as large as the samples.
         self.latents: Tensor | None = None
         # Row of each frame index, -1 where the cache has none; a dense table makes a lookup one gather.
