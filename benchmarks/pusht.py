@@ -33,6 +33,7 @@ Every stage skips work whose output exists (checkpoints, the cache, `diagnosis.j
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -236,7 +237,8 @@ def diagnose_distillation(
     of the held-out episodes: for the student at each saved distillation step (step 0 is its initialization,
     which is exactly one-step CFM), the teacher's deployed sampler, one-step CFM, and a second independent
     draw of the reference itself (the floor: what a perfect copy of the teacher would score). Each also gets
-    its paired error against the deployed sampler (`paired_error`: the same latents through both)."""
+    its paired error against the deployed sampler (`paired_error`: the same latents through both), on those
+    frames and on frames of the trained episodes, with fresh latents."""
     path = output / "diagnosis.json"
     report = json.loads(path.read_text()) if path.exists() else {}
     settings = {
@@ -260,10 +262,23 @@ def diagnose_distillation(
             known |= sample_chamfer(policy, teacher, batch, args.diagnosis_samples, seed=0, **reference)
         if "paired_error_deployed" not in known:
             known["paired_error_deployed"] = paired_error(policy, teacher, batch, args.diagnosis_samples, seed=0)
+        if "paired_error_train" not in known:
+            known["paired_error_train"] = paired_error(policy, teacher, train_batch(), args.diagnosis_samples, seed=0)
         return known
 
+    @functools.cache
+    def train_batch() -> dict:
+        # Frames the student was distilled on, with fresh latents: against the held-out error, it tells a map
+        # that fails to generalise across observations from one that memorised its cached latents.
+        # (The diagnosis runs only when the config holds episodes out, so it lists the trained ones.)
+        episodes = list(cfg.dataset.episodes)
+        return held_out_batch(
+            teacher.config, preprocessor, cfg.dataset.repo_id, cfg.dataset.root, episodes, args.diagnosis_frames
+        )
+
     def missing(section: str, key: str) -> bool:
-        return "paired_error_deployed" not in report.get(section, {}).get(key, {})
+        entry = report.get(section, {}).get(key, {})
+        return not {"paired_error_deployed", "paired_error_train"} <= entry.keys()
 
     def save(section: str, key: str, value: dict) -> None:
         # Merged into the file as it is now: a concurrent run (another recipe variant) may have added entries.
@@ -320,7 +335,13 @@ def main() -> None:
     parser.add_argument("--zarr", required=True, help="pusht_cchi_v7_replay.zarr")
     parser.add_argument("--output", default="outputs/pusht")
     parser.add_argument("--configs", type=Path, default=CONFIGS, help="folder of teacher/student/diffusion.json")
-    parser.add_argument("--cache-samples", type=int, default=16, help="teacher samples cached per frame")
+    parser.add_argument(
+        "--cache-samples",
+        type=int,
+        default=16,
+        help="teacher samples cached per frame; also the student's num_teacher_samples unless --student-arg sets "
+        "it lower, when each step draws that many of them at random",
+    )
     parser.add_argument("--cache-steps", type=int, default=10, help="ODE steps per cached teacher sample")
     parser.add_argument("--cache-solver", choices=SOLVERS, default="heun", help="ODE solver of the cached samples")
     parser.add_argument("--student-steps", type=int, help="distillation steps (default: the student config's)")
@@ -410,7 +431,7 @@ def main() -> None:
         # The default recipe keeps the plain names; a variant (another cache sampler or budget) gets its own.
         cache_variant = (
             "" if (args.cache_solver, args.cache_steps) == ("heun", 10) else f"_{args.cache_solver}{args.cache_steps}"
-        )
+        ) + ("" if args.cache_samples == 16 else f"_{args.cache_samples}samples")
         cache_path = output / "teacher" / f"teacher_samples{cache_variant}.safetensors"
         steps_override = [f"--steps={args.student_steps}"] if args.student_steps else []
         policy_overrides = [f"--policy.{arg}" for arg in args.student_arg]

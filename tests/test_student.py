@@ -154,6 +154,36 @@ def test_teacher_cache_replaces_online_sampling(teacher_dir, tmp_path):
         student.forward({**batch, "index": torch.tensor([0, 11, 12, 13, 99])})
 
 
+def test_a_larger_cache_gives_each_step_a_fresh_subset_with_its_own_latents(teacher_dir, tmp_path):
+    from lerobot_flowstep.policies.imle_student.teacher_cache import TeacherCache
+
+    # Sample j of frame f holds the value 100 f + j everywhere, its latent the negative.
+    frames, total = 5, 6
+    codes = (100 * torch.arange(frames)[:, None] + torch.arange(total)).float()
+    samples = codes[:, :, None, None].expand(frames, total, 8, 2).contiguous()
+    path = write_teacher_cache(samples, torch.arange(frames), tmp_path / "c.safetensors", {}, -samples)
+    cache = TeacherCache(path)
+    index = torch.tensor([3, 1, 3])
+    seen = set()
+    for _ in range(30):
+        drawn, latents, missing = cache.lookup_pairs(index, 3)
+        assert drawn.shape == (3, 3, 8, 2) and not missing.any()
+        assert torch.equal(latents, -drawn)  # each latent stays with its sample
+        picked = drawn[:, :, 0, 0].long()
+        assert torch.equal(picked // 100, index[:, None].expand(3, 3))  # from the frame asked for
+        assert all(len(set(row.tolist())) == 3 for row in picked)  # without replacement
+        seen.update(picked[0].tolist())
+    # Every cached sample of the frame is used, not only the first three (the old lookup's slice).
+    assert seen == {300 + j for j in range(total)}
+    assert torch.equal(cache.lookup(index)[0], samples[index])  # all of them when no number is asked
+    with pytest.raises(ValueError, match="holds 6 samples per frame; cannot draw 7"):
+        cache.lookup(index, 7)
+    # The student draws num_teacher_samples of them per step.
+    student = _student(teacher_dir, teacher_cache_path=str(path), num_teacher_samples=3).train()
+    targets, _, _ = student.teacher_targets({**_batch(), "index": index})
+    assert targets.shape == (3, 3, 8, 2) and torch.equal(targets[:, :, 0, 0].long() // 100, index[:, None].expand(3, 3))
+
+
 def test_paired_distillation_regresses_on_the_teachers_noise_to_chunk_map(teacher_dir, tmp_path):
     teacher = FlowstepTeacherPolicy.from_pretrained(teacher_dir)
     batch = _batch()

@@ -154,7 +154,8 @@ def plot_recipe_variants(
     """Distillation recipes side by side: energy distance, spread ratio and paired error (against the teacher's
     deployed sampler, where measured) of each student variant's samples, per distillation step, with
     `references` (e.g. the teacher's deployed sampler, or the teacher at fewer steps) as horizontal lines. The
-    spread is where Chamfer-only recipes drift; the paired error is what ranks the teacher's own samplers."""
+    spread is where Chamfer-only recipes drift; the paired error is what ranks the teacher's own samplers, and
+    its value on training frames (`paired_error_train`, where measured) shows how much of it is generalisation."""
     panels = [
         ("energy_distance", "energy distance (0 = a faithful copy)"),
         ("spread_ratio", "spread: policy / reference"),
@@ -170,12 +171,18 @@ def plot_recipe_variants(
             ax.plot(
                 steps, [curve[s][key] for s in steps], "o-", color=color, label=name if key == panels[0][0] else None
             )
+            if key == "paired_error_deployed":
+                # The same error on frames the student was trained on: the gap between the two lines is
+                # what fails to generalise to new observations.
+                train = [s for s in sorted(curve) if "paired_error_train" in curve[s]]
+                ax.plot(train, [curve[s]["paired_error_train"] for s in train], "o--", color=color, mfc="none")
         for i, (name, ref) in enumerate(references.items()):
             if key in ref:
                 label = name if key == panels[0][0] else None
                 ax.axhline(ref[key], color="gray", linestyle=styles[i % len(styles)], label=label)
         ax.set_xlabel("distillation step")
-        ax.set_title(title + ", held-out frames", fontsize=9)
+        train_note = " (hollow, dashed: training frames)" if key == "paired_error_deployed" else ""
+        ax.set_title(f"{title},\nheld-out frames{train_note}", fontsize=9)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g}k"))
     # Below the panels: the run names are long and would cover the curves.
     fig.legend(loc="lower center", ncol=2, fontsize=7, frameon=False)

@@ -84,6 +84,8 @@ class ImleStudentConfig(FlowstepBaseConfig):
     teacher_num_inference_steps, teacher_ode_solver: how teacher samples are drawn for distillation; the
         student inherits the error of these samples, so they are drawn more accurately than at deployment.
     teacher_cache_path: samples precomputed by `lerobot-flowstep cache-teacher`, keyed by dataset frame index.
+        A cache holding more samples per frame than num_teacher_samples gives every step a fresh random subset
+        of them (with their latents), so a larger cache is more targets, not a longer file.
     init_from_teacher: start the encoder and generator from the teacher's encoder and velocity network
         (the generator is z + f(z, t=0 | obs), which is exactly the teacher's one-step Euler sampler at
         initialization).

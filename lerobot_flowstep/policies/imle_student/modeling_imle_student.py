@@ -210,10 +210,9 @@ class ImleStudentPolicy(FlowstepBasePolicy):
                     f"num_teacher_samples={m}."
                 )
             if with_latents:
-                samples, latents, missing = cache.lookup_pairs(batch["index"])
-                return samples[:, :m], latents[:, :m], missing
-            samples, missing = cache.lookup(batch["index"])
-            return samples[:, :m], None, missing
+                return cache.lookup_pairs(batch["index"], m)
+            samples, missing = cache.lookup(batch["index"], m)
+            return samples, None, missing
         solver = {"num_steps": self.config.teacher_num_inference_steps, "solver": self.config.teacher_ode_solver}
         samples, latents = self.teacher.sample_pairs(batch, self.config.num_teacher_samples, **solver)
         return samples, latents if with_latents else None, None

@@ -106,14 +106,29 @@ class TeacherCache:
         rows = self._row[index.clamp(0, last)]
         return rows.clamp(min=0), (rows < 0) | (index > last) | (index < 0)
 
-    def lookup(self, index: Tensor) -> tuple[Tensor, Tensor]:
-        """Samples (B, M, horizon, action_dim) for global frame indices (B,), and which of them the cache lacks
-        (B,) bool; those rows hold another frame's samples. Nothing is read back to the host, so the caller
-        decides when to look at `missing` (`missing_frames_error`)."""
-        rows, missing = self._rows(index)
-        return self.samples[rows], missing
+    def _columns(self, rows: Tensor, num: int | None) -> Tensor | slice:
+        """Which of its samples each row contributes: all of them, or `num` drawn afresh per row and call
+        without replacement, so that over training every cached sample is a target, not only the first `num`
+        (a frame's targets then differ from step to step, as with online sampling)."""
+        total = self.num_samples
+        if num is None or num == total:
+            return slice(None)
+        if not 0 < num < total:
+            raise ValueError(f"The teacher cache {self.path} holds {total} samples per frame; cannot draw {num}.")
+        return torch.rand(len(rows), total, device=rows.device).argsort(dim=1)[:, :num]
 
-    def lookup_pairs(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _take(self, tensor: Tensor, rows: Tensor, columns: Tensor | slice) -> Tensor:
+        return tensor[rows] if isinstance(columns, slice) else tensor[rows[:, None], columns]
+
+    def lookup(self, index: Tensor, num: int | None = None) -> tuple[Tensor, Tensor]:
+        """Samples (B, M, horizon, action_dim) for global frame indices (B,), and which of them the cache lacks
+        (B,) bool; those rows hold another frame's samples. With `num`, M = `num` samples drawn at random from
+        each frame's (`_columns`), else all of them. Nothing is read back to the host, so the caller decides
+        when to look at `missing` (`missing_frames_error`)."""
+        rows, missing = self._rows(index)
+        return self._take(self.samples, rows, self._columns(rows, num)), missing
+
+    def lookup_pairs(self, index: Tensor, num: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Like `lookup`, with the latent each sample was drawn from: (samples, latents, missing)."""
         if not self.has_latents:
             raise ValueError(
@@ -124,7 +139,8 @@ class TeacherCache:
             with safe_open(str(self.path), framework="pt") as f:
                 self.latents = f.get_tensor("latents").to(self.device)
         rows, missing = self._rows(index)
-        return self.samples[rows], self.latents[rows], missing
+        columns = self._columns(rows, num)
+        return self._take(self.samples, rows, columns), self._take(self.latents, rows, columns), missing
 
     def missing_frames_error(self, index: Tensor) -> KeyError:
         """The error for a batch with frames the cache lacks, naming up to five of them and the dataset the
