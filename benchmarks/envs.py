@@ -62,6 +62,43 @@ def metaworld_step(cameras: list[str], image_size: int, repeats: int) -> dict:
     }
 
 
+def metaworld_parts(image_size: int, repeats: int) -> list[dict]:
+    """The step's two parts apart: MetaWorld's own step (physics and reward, no render) and one camera's RGB-D
+    render, so that a slow step can be put on the simulator or on the GL backend."""
+    import metaworld.policies
+
+    from lerobot_flowstep.metaworld.env import MetaworldRGBDEnv
+
+    env = MetaworldRGBDEnv("push-v3", cameras=["corner2"], image_size=image_size)
+    expert = getattr(metaworld.policies, env.task.expert)()
+    env.reset(seed=0)
+    world = env.unwrapped_metaworld
+    raw = world._get_obs()  # MetaWorld's own observation, which its scripted policy reads
+
+    def physics(i: int) -> None:
+        nonlocal raw
+        if i % 100 == 0:
+            env.reset(seed=i)
+            raw = world._get_obs()
+        raw = world.step(np.clip(expert.get_action(raw), -1.0, 1.0))[0]
+
+    physics_ms = median_ms(physics, repeats)
+    render_ms = median_ms(lambda i: env.renderer.render(world.data, "corner2"), repeats)
+    env.close()
+    return [
+        {
+            "env": "flowstep_metaworld",
+            "what": "MetaWorld's step alone (physics, reward)",
+            "median_ms": round(physics_ms, 2),
+        },
+        {
+            "env": "flowstep_metaworld",
+            "what": f"render alone, RGB-D {image_size}x{image_size} of corner2",
+            "median_ms": round(render_ms, 2),
+        },
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=200)
@@ -76,6 +113,8 @@ def main() -> None:
         return
     for cameras, size in ((["corner2"], 128), (["corner2"], 84), (["corner2", "corner3"], 128)):
         print(json.dumps(metaworld_step(cameras, size, args.repeats)))
+    for row in metaworld_parts(128, args.repeats):
+        print(json.dumps(row))
 
 
 if __name__ == "__main__":
