@@ -63,6 +63,8 @@ class FlowstepBaseConfig(PreTrainedConfig):
     optimizer_eps: float = 1e-8
     optimizer_weight_decay: float = 1e-6
     optimizer_grad_clip_norm: float = 10.0
+    # A run shorter than the decay is fitted to it by LeRobot's scheduler (warm-up scaled by the same factor,
+    # the cosine ending at the run's last step), so these matter only for runs longer than 100k steps.
     scheduler_warmup_steps: int = 500
     scheduler_decay_steps: int = 100_000
     scheduler_decay_lr: float = 1e-6
