@@ -137,6 +137,27 @@ def test_student_starts_as_the_teachers_one_step_euler_sampler(teacher_dir):
     assert torch.allclose(student.generate(cond, z), expected, atol=1e-6)
 
 
+def test_inference_embeds_t0_once_per_set_of_weights(teacher_dir):
+    student = _student(teacher_dir).eval()
+    cond = student.encode(_batch())
+    z = torch.randn(5, 8, 2)
+    calls = []
+    student.generator.time_embed.register_forward_hook(lambda *_: calls.append(1))
+
+    def reference():  # the training path: the network embeds t = 0 itself, at every call
+        return z + student.generator(z, torch.zeros(5), cond)
+
+    with torch.no_grad():
+        first = student.generate(cond, z)
+        assert torch.equal(student.generate(cond, z), first) and len(calls) == 1  # one embedding, two chunks
+        assert torch.allclose(first, reference(), atol=1e-6)
+        # New weights (a checkpoint loaded, a training step taken) are embedded again, not served stale.
+        weights = {k: v + 0.1 * torch.randn_like(v) for k, v in student.generator.state_dict().items()}
+        student.generator.load_state_dict(weights)
+        assert torch.allclose(student.generate(cond, z), reference(), atol=1e-6)
+        assert not torch.allclose(student.generate(cond, z), first, atol=1e-3)
+
+
 def test_teacher_cache_replaces_online_sampling(teacher_dir, tmp_path):
     teacher = FlowstepTeacherPolicy.from_pretrained(teacher_dir)
     batch = _batch()

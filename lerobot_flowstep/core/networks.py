@@ -49,8 +49,16 @@ class ChunkMLP(nn.Module):
         self.blocks = nn.ModuleList(_FiLMBlock(cfg.hidden_dim, film_dim) for _ in range(cfg.num_blocks))
         self.out = nn.Sequential(nn.LayerNorm(cfg.hidden_dim), nn.Linear(cfg.hidden_dim, horizon * action_dim))
 
-    def forward(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
-        film = torch.cat([self.time_embed(t * TIME_SCALE), cond], dim=-1)
+    def time_features(self, t: Tensor) -> Tensor:
+        """The embedding of flow time t (B,) that `forward` conditions on, (B, time_embed_dim)."""
+        return self.time_embed(t * TIME_SCALE)
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor, time_features: Tensor | None = None) -> Tensor:
+        """`time_features` (1 or B, time_embed_dim), when given, stands for `time_features(t)`: a caller that
+        always evaluates the same t (the one-step student) computes it once instead of at every call."""
+        if time_features is None:
+            time_features = self.time_features(t)
+        film = torch.cat([time_features.expand(cond.shape[0], -1), cond], dim=-1)
         h = self.inp(x.flatten(1))
         for block in self.blocks:
             h = block(h, film)
