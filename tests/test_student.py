@@ -127,14 +127,24 @@ def test_inference_noise_scale_scales_only_the_sampling_latents(teacher_dir):
         ImleStudentConfig(device="cpu", inference_noise_scale=-1.0)
 
 
-def test_student_starts_as_the_teachers_one_step_euler_sampler(teacher_dir):
-    student = _student(teacher_dir).train()
+@pytest.mark.parametrize("extra_blocks", [0, 2])
+def test_student_starts_as_the_teachers_one_step_euler_sampler(teacher_dir, extra_blocks):
+    student = _student(teacher_dir, extra_generator_blocks=extra_blocks).train()
+    assert len(student.generator.blocks) == len(student.teacher.velocity.blocks) + extra_blocks
     student.initialize_from_teacher()
     batch = _batch()
     cond = student.encode(batch)
     z = torch.randn(5, 8, 2)
     expected = student.teacher.generate(student.teacher.encode(batch), z, num_steps=1, solver="euler")
     assert torch.allclose(student.generate(cond, z), expected, atol=1e-6)
+    if extra_blocks:  # the added blocks start as the identity but learn: their zero layer has a gradient
+        student.generate(cond, z).sum().backward()
+        assert student.generator.blocks[-1].mlp[-1].weight.grad.abs().sum() > 0
+
+
+def test_extra_generator_blocks_are_checked_by_name(teacher_dir):
+    with pytest.raises(ValueError, match="extra_generator_blocks must be >= 0, got -1"):
+        _student(teacher_dir, extra_generator_blocks=-1)
 
 
 def test_inference_embeds_t0_once_per_set_of_weights(teacher_dir):

@@ -89,6 +89,9 @@ class ImleStudentConfig(FlowstepBaseConfig):
     init_from_teacher: start the encoder and generator from the teacher's encoder and velocity network
         (the generator is z + f(z, t=0 | obs), which is exactly the teacher's one-step Euler sampler at
         initialization).
+    extra_generator_blocks: residual FiLM blocks the student's generator has beyond its teacher's MLP, for more
+        capacity than the teacher's one network pass. With init_from_teacher they start as the identity (their
+        last layer zero), so the student still starts as one-step CFM. Each costs one block of latency.
     num_inference_candidates: at inference, draw this many latents in one batched forward pass and keep one
         chunk by `candidate_selection`; 1 = a single sample.
     candidate_selection: "consistency" keeps the chunk most consistent with the previous chunk (smoother
@@ -115,6 +118,7 @@ class ImleStudentConfig(FlowstepBaseConfig):
     teacher_ode_solver: str = "heun"
     teacher_cache_path: str | None = None
     init_from_teacher: bool = True
+    extra_generator_blocks: int = 0
     num_inference_candidates: int = 16
     candidate_selection: str = "consistency"
 
@@ -138,6 +142,8 @@ class ImleStudentConfig(FlowstepBaseConfig):
                 f"energy_weight={self.energy_weight} needs num_student_samples >= 2 (the energy score compares "
                 f"the student's samples with each other), got {self.num_student_samples}."
             )
+        if self.extra_generator_blocks < 0:
+            raise ValueError(f"extra_generator_blocks must be >= 0, got {self.extra_generator_blocks}.")
         for name in ("num_teacher_samples", "num_student_samples", "num_candidate_sets", "num_inference_candidates"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
@@ -158,6 +164,11 @@ class ImleStudentConfig(FlowstepBaseConfig):
                     continue  # a teacher config saved before features were known leaves them to the dataset
                 setattr(self, name, copy.deepcopy(getattr(teacher, name)))
             self.teacher_config_inherited = True
+        if self.extra_generator_blocks and self.network.type != "mlp":
+            raise ValueError(
+                f"extra_generator_blocks={self.extra_generator_blocks} adds residual blocks to an MLP generator; "
+                f"this student's network is a '{self.network.type}'."
+            )
         super().__post_init__()
 
 

@@ -1,5 +1,7 @@
 """The one-step IMLE student policy."""
 
+import dataclasses
+
 import torch
 from lerobot.utils.constants import ACTION
 from torch import Tensor
@@ -68,7 +70,10 @@ class ImleStudentPolicy(FlowstepBasePolicy):
 
     def __init__(self, config: ImleStudentConfig, **kwargs):
         super().__init__(config, **kwargs)
-        self.generator = make_chunk_network(config.network, config.horizon, config.action_dim, self.encoder.cond_dim)
+        network = dataclasses.replace(
+            config.network, num_blocks=config.network.num_blocks + config.extra_generator_blocks
+        )
+        self.generator = make_chunk_network(network, config.horizon, config.action_dim, self.encoder.cond_dim)
         # Saved with the weights, so that resuming or fine-tuning never re-copies the teacher's weights.
         self.register_buffer("initialized_from_teacher", torch.tensor(False))
         self._teacher_holder: list[FlowstepTeacherPolicy] = []
@@ -123,7 +128,18 @@ class ImleStudentPolicy(FlowstepBasePolicy):
     def initialize_from_teacher(self) -> None:
         """Copy the teacher's encoder and velocity network: the student starts as one-step Euler CFM."""
         self.encoder.load_state_dict(self.teacher.encoder.state_dict())
-        self.generator.load_state_dict(self.teacher.velocity.state_dict())
+        extra = self.config.extra_generator_blocks
+        missing, unexpected = self.generator.load_state_dict(self.teacher.velocity.state_dict(), strict=not extra)
+        if extra:
+            first = len(self.generator.blocks) - extra
+            added = self.generator.blocks[first:]
+            own = {f"blocks.{first + i}.{k}" for i, block in enumerate(added) for k in block.state_dict()}
+            if unexpected or set(missing) != own:
+                raise RuntimeError(f"Teacher weights do not fit the student's generator: {unexpected or missing}.")
+            with torch.no_grad():
+                for block in added:  # residual blocks whose output is zero: the identity
+                    block.mlp[-1].weight.zero_()
+                    block.mlp[-1].bias.zero_()
         self.initialized_from_teacher.fill_(True)
 
     # --- generation -----------------------------------------------------------------------------
