@@ -253,6 +253,40 @@ def test_paired_distillation_regresses_on_the_teachers_noise_to_chunk_map(teache
         _student(teacher_dir, paired_weight=1.0)  # 4 student samples, 3 teacher samples
 
 
+def test_perturbed_observations_are_labelled_by_the_teacher_from_the_same_latents(teacher_dir):
+    from lerobot_flowstep.policies.imle_student.modeling_imle_student import perturb_observations
+
+    batch = _batch(b=400)
+    keys = ["observation.state", "observation.environment_state"]
+    perturbed = perturb_observations(batch, keys, 0.05)
+    for key in keys:
+        offset = perturbed[key] - batch[key]
+        assert torch.allclose(offset[:, 0], offset[:, 1], atol=1e-6)  # one offset per observation, its history kept
+        assert offset[:, 0].std().item() == pytest.approx(0.05, rel=0.1)
+    assert perturbed["action"] is batch["action"] and perturbed["index"] is batch["index"]
+
+    paired = {"paired_weight": 1.0, "coverage_weight": 0.0, "fidelity_weight": 0.0, "include_dataset_action": False}
+    noisy = {"observation_noise_std": 0.5, "num_perturbed_samples": 2, "num_student_samples": 3, **paired}
+    batch = _batch()
+    # The student starts as the teacher's one-step Euler map at every observation, so against a one-step Euler
+    # teacher the perturbed term is zero, but only if the student sees the very observation and latent the teacher
+    # labelled.
+    one_step = _student(teacher_dir, teacher_num_inference_steps=1, teacher_ode_solver="euler", **noisy).train()
+    loss, info = one_step.forward(batch)
+    assert loss.item() < 1e-10 and info["perturbed_paired_loss"] < 1e-10
+    student = _student(teacher_dir, teacher_num_inference_steps=4, **noisy).train()
+    loss, info = student.forward(batch)
+    assert info["perturbed_paired_loss"] > 1e-4
+    assert loss.item() == pytest.approx(info["paired_loss"] + info["perturbed_paired_loss"], rel=1e-5)
+    loss.backward()
+    assert student.generator.inp.weight.grad.abs().sum() > 0
+
+    with pytest.raises(ValueError, match="observation_noise_std=0.1 .* set paired_weight > 0"):
+        _student(teacher_dir, observation_noise_std=0.1)
+    with pytest.raises(ValueError, match="observation_noise_std must be >= 0, got -0.1"):
+        _student(teacher_dir, observation_noise_std=-0.1)
+
+
 def test_paired_error_compares_noise_to_chunk_maps_not_distributions(teacher_dir):
     from lerobot_flowstep.tools.diagnostics import paired_error
 

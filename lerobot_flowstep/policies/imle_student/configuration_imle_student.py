@@ -80,6 +80,13 @@ class ImleStudentConfig(FlowstepBaseConfig):
         latent, i.e. onto the teacher's deterministic noise-to-chunk map. Set the Chamfer weights to 0 for pure
         paired distillation. Needs num_student_samples == num_teacher_samples, num_candidate_sets == 1 and,
         with a cache, one that holds latents.
+    observation_noise_std, num_perturbed_samples: distillation beyond the stored frames. With
+        observation_noise_std > 0, every step also perturbs the batch's low-dimensional observations (state and
+        environment state, in normalized units; the same offset for every frame of an observation's history), has
+        the teacher draw num_perturbed_samples chunks for each perturbed observation online, and regresses the
+        student's chunks from the same latents onto them (weighted like paired_weight). The student then learns
+        the teacher's map around the dataset's observations, not only at them: that is where a closed-loop
+        rollout goes. Needs paired_weight > 0; costs num_perturbed_samples teacher samples per frame per step.
     include_dataset_action: add the dataset's own chunk to the teacher samples as one more target.
     teacher_num_inference_steps, teacher_ode_solver: how teacher samples are drawn for distillation; the
         student inherits the error of these samples, so they are drawn more accurately than at deployment.
@@ -113,6 +120,8 @@ class ImleStudentConfig(FlowstepBaseConfig):
     fidelity_weight: float = 1.0
     energy_weight: float = 0.0
     paired_weight: float = 0.0
+    observation_noise_std: float = 0.0
+    num_perturbed_samples: int = 4
     include_dataset_action: bool = True
     teacher_num_inference_steps: int = 10
     teacher_ode_solver: str = "heun"
@@ -134,7 +143,7 @@ class ImleStudentConfig(FlowstepBaseConfig):
             raise ValueError(f"candidate_selection must be one of {CANDIDATE_RULES}, got '{self.candidate_selection}'.")
         if self.teacher_ode_solver not in SOLVERS:
             raise ValueError(f"teacher_ode_solver must be one of {SOLVERS}, got '{self.teacher_ode_solver}'.")
-        for name in ("coverage_weight", "fidelity_weight", "energy_weight", "paired_weight"):
+        for name in ("coverage_weight", "fidelity_weight", "energy_weight", "paired_weight", "observation_noise_std"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
         if self.energy_weight > 0 and self.num_student_samples < 2:
@@ -144,7 +153,13 @@ class ImleStudentConfig(FlowstepBaseConfig):
             )
         if self.extra_generator_blocks < 0:
             raise ValueError(f"extra_generator_blocks must be >= 0, got {self.extra_generator_blocks}.")
-        for name in ("num_teacher_samples", "num_student_samples", "num_candidate_sets", "num_inference_candidates"):
+        for name in (
+            "num_teacher_samples",
+            "num_student_samples",
+            "num_candidate_sets",
+            "num_inference_candidates",
+            "num_perturbed_samples",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if self.paired_weight > 0 and (
@@ -154,6 +169,11 @@ class ImleStudentConfig(FlowstepBaseConfig):
                 f"paired_weight={self.paired_weight} feeds the student the latents of the teacher's samples, one "
                 f"each: it needs num_student_samples == num_teacher_samples and num_candidate_sets == 1, got "
                 f"{self.num_student_samples}, {self.num_teacher_samples} and {self.num_candidate_sets}."
+            )
+        if self.observation_noise_std > 0 and self.paired_weight == 0:
+            raise ValueError(
+                f"observation_noise_std={self.observation_noise_std} regresses the student onto teacher chunks drawn "
+                "from the same latents at perturbed observations, a paired term: set paired_weight > 0."
             )
         # Here, not when the policy is built: lerobot-train resolves the dataset's delta_timestamps from
         # horizon and n_obs_steps before any policy exists, so they must be the teacher's by then.

@@ -56,6 +56,16 @@ def select_candidate(samples: Tensor, previous: Tensor | None, shift: int, rule:
     return closest.gather(1, sparsity(samples).gather(1, closest).argmin(dim=1, keepdim=True)).squeeze(1)
 
 
+def perturb_observations(batch: dict[str, Tensor], keys: list[str], std: float) -> dict[str, Tensor]:
+    """A copy of `batch` whose `keys` (B, n_obs_steps, D) are offset by Gaussian noise of `std`, one offset per
+    observation for its whole history, so that the motion within the history is kept."""
+    perturbed = dict(batch)
+    for key in keys:
+        x = batch[key]
+        perturbed[key] = x + std * torch.randn(x.shape[0], *([1] * (x.ndim - 2)), x.shape[-1], device=x.device)
+    return perturbed
+
+
 class ImleStudentPolicy(FlowstepBasePolicy):
     """Action chunks in one forward pass: a = z + f(z, t=0 | obs), z ~ N(0, I).
 
@@ -215,6 +225,10 @@ class ImleStudentPolicy(FlowstepBasePolicy):
             paired_loss = paired_distances(teacher_samples, candidates[:, 0], mask).mean()
             loss = loss + self.config.paired_weight * paired_loss
             stats["paired_loss"] = paired_loss.detach()
+        if self.config.observation_noise_std > 0:
+            perturbed_loss = self.perturbed_paired_loss(batch, mask)
+            loss = loss + self.config.paired_weight * perturbed_loss
+            stats["perturbed_paired_loss"] = perturbed_loss.detach()
         if missing is None:
             return loss, self.training_info(stats, batch)
         # The cache's missing-frame count rides on the same host readback as the logged values.
@@ -222,6 +236,23 @@ class ImleStudentPolicy(FlowstepBasePolicy):
         if info.pop("uncached_frames"):
             raise self.teacher_cache.missing_frames_error(batch["index"])
         return loss, info
+
+    def perturbed_paired_loss(self, batch: dict[str, Tensor], mask: Tensor | None) -> Tensor:
+        """The paired error at observations the dataset lacks: the batch's state-like observations perturbed
+        (`perturb_observations`), labelled by the teacher online (no cache holds them), from fresh latents."""
+        keys = self.encoder.vector_keys
+        if not keys:
+            raise ValueError(
+                f"observation_noise_std={self.config.observation_noise_std} perturbs state-like observations "
+                f"(observation.state, observation.environment_state); this policy's inputs "
+                f"{self.encoder.input_keys} have none."
+            )
+        perturbed = perturb_observations(batch, keys, self.config.observation_noise_std)
+        solver = {"num_steps": self.config.teacher_num_inference_steps, "solver": self.config.teacher_ode_solver}
+        targets, latents = self.teacher.sample_pairs(perturbed, self.config.num_perturbed_samples, **solver)
+        cond = self.encode(perturbed).repeat_interleave(self.config.num_perturbed_samples, dim=0)
+        chunks = self.generate(cond, latents.flatten(0, 1).to(cond.dtype)).reshape(targets.shape)
+        return paired_distances(targets, chunks, mask).mean()
 
     @torch.no_grad()
     def teacher_targets(
