@@ -147,25 +147,43 @@ def test_extra_generator_blocks_are_checked_by_name(teacher_dir):
         _student(teacher_dir, extra_generator_blocks=-1)
 
 
-def test_inference_embeds_t0_once_per_set_of_weights(teacher_dir):
+def test_samplers_embed_their_time_grid_once_per_set_of_weights(teacher_dir):
+    """The one-step student always runs its network at t = 0 and the teacher's sampler on a fixed grid: both embed
+    those times once, and get what the network gives when it embeds a (B,) tensor of times at every call."""
     student = _student(teacher_dir).eval()
-    cond = student.encode(_batch())
+    teacher = student.teacher
+    batch = _batch()
     z = torch.randn(5, 8, 2)
     calls = []
-    student.generator.time_embed.register_forward_hook(lambda *_: calls.append(1))
+    for network in (student.generator, teacher.velocity):
+        network.time_embed.register_forward_hook(lambda *_: calls.append(1))
 
-    def reference():  # the training path: the network embeds t = 0 itself, at every call
-        return z + student.generator(z, torch.zeros(5), cond)
+    def teacher_reference(num_steps):  # Euler with a tensor of times, which the network embeds at every step
+        x, cond = z, teacher.encode(batch)
+        for i in range(num_steps):
+            x = x + teacher.velocity(x, torch.full((5,), i / num_steps), cond) / num_steps
+        return x
 
     with torch.no_grad():
+        cond = student.encode(batch)
         first = student.generate(cond, z)
         assert torch.equal(student.generate(cond, z), first) and len(calls) == 1  # one embedding, two chunks
-        assert torch.allclose(first, reference(), atol=1e-6)
+        assert torch.allclose(first, z + student.generator(z, torch.zeros(5), cond), atol=1e-6)
+        calls.clear()
+        chunks = [teacher.generate(teacher.encode(batch), z, num_steps=5, solver="euler") for _ in range(3)]
+        assert len(calls) == 5  # three chunks, the grid's 5 times embedded once
+        assert all(torch.allclose(chunk, teacher_reference(5), atol=1e-6) for chunk in chunks)
         # New weights (a checkpoint loaded, a training step taken) are embedded again, not served stale.
-        weights = {k: v + 0.1 * torch.randn_like(v) for k, v in student.generator.state_dict().items()}
-        student.generator.load_state_dict(weights)
-        assert torch.allclose(student.generate(cond, z), reference(), atol=1e-6)
+        for network in (student.generator, teacher.velocity):
+            weights = {k: v + 0.1 * torch.randn_like(v) for k, v in network.state_dict().items()}
+            network.load_state_dict(weights)
+        assert torch.allclose(student.generate(cond, z), z + student.generator(z, torch.zeros(5), cond), atol=1e-6)
         assert not torch.allclose(student.generate(cond, z), first, atol=1e-3)
+        assert torch.allclose(teacher.generate(teacher.encode(batch), z, num_steps=5), teacher_reference(5), atol=1e-6)
+    # Training embeds t = 0 with gradients: the kept embedding is for inference only.
+    student.train()
+    student.generate(student.encode(batch), z).sum().backward()
+    assert student.generator.time_embed[1].weight.grad.abs().sum() > 0
 
 
 def test_teacher_cache_replaces_online_sampling(teacher_dir, tmp_path):

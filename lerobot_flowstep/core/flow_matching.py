@@ -12,7 +12,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-VelocityFn = Callable[[Tensor, Tensor], Tensor]
+# v(x, t): t is a (B,) tensor in training (every sample its own time) and a float in `integrate`, where every
+# sample shares the step's time, so that a network can embed each time of the solver's grid once.
+VelocityFn = Callable[[Tensor, Tensor | float], Tensor]
 SOLVERS = ("euler", "midpoint", "heun")
 TIME_SAMPLINGS = ("uniform", "logit_normal")
 
@@ -72,9 +74,8 @@ def integrate(velocity_fn: VelocityFn, x0: Tensor, num_steps: int, solver: str =
         raise ValueError(f"Unknown ODE solver '{solver}'; expected one of {SOLVERS}.")
     x = x0
     dt = 1.0 / num_steps
-    batch = x0.shape[0]
     for i in range(num_steps):
-        t = torch.full((batch,), i * dt, device=x0.device, dtype=x0.dtype)
+        t = i * dt
         v = velocity_fn(x, t)
         if solver == "euler":
             x = x + dt * v

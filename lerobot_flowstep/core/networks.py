@@ -48,17 +48,40 @@ class ChunkMLP(nn.Module):
         self.inp = nn.Linear(horizon * action_dim, cfg.hidden_dim)
         self.blocks = nn.ModuleList(_FiLMBlock(cfg.hidden_dim, film_dim) for _ in range(cfg.num_blocks))
         self.out = nn.Sequential(nn.LayerNorm(cfg.hidden_dim), nn.Linear(cfg.hidden_dim, horizon * action_dim))
+        # Kept embeddings of float times (`_time_features`): (weights' identity, {(t, dtype, device): features}).
+        self._time_cache: tuple[tuple, dict[tuple, Tensor]] = ((), {})
 
     def time_features(self, t: Tensor) -> Tensor:
-        """The embedding of flow time t (B,) that `forward` conditions on, (B, time_embed_dim)."""
+        """The embedding of flow times t (B,) that `forward` conditions on, (B, time_embed_dim)."""
         return self.time_embed(t * TIME_SCALE)
 
-    def forward(self, x: Tensor, t: Tensor, cond: Tensor, time_features: Tensor | None = None) -> Tensor:
-        """`time_features` (1 or B, time_embed_dim), when given, stands for `time_features(t)`: a caller that
-        always evaluates the same t (the one-step student) computes it once instead of at every call."""
-        if time_features is None:
-            time_features = self.time_features(t)
-        film = torch.cat([time_features.expand(cond.shape[0], -1), cond], dim=-1)
+    def _time_features(self, t: Tensor | float, like: Tensor) -> Tensor:
+        """(B or 1, time_embed_dim) for a (B,) tensor of times or one float time shared by the batch.
+
+        A float time comes from a sampler (`integrate`, the one-step student), which evaluates the same few
+        times at every chunk: without gradients their embeddings are computed once per set of weights and kept.
+        The key, the embedding weights' storage and in-place versions, changes whenever those weights are
+        loaded, trained or moved, so a kept embedding is never stale."""
+        if isinstance(t, Tensor):
+            return self.time_features(t)
+        linear = self.time_embed[1]
+        if torch.is_grad_enabled() and linear.weight.requires_grad:
+            return self.time_features(torch.full((1,), t, dtype=like.dtype, device=like.device))
+        weights = (linear.weight.data_ptr(), linear.weight._version, linear.bias.data_ptr(), linear.bias._version)
+        if self._time_cache[0] != weights:
+            self._time_cache = (weights, {})
+        kept = self._time_cache[1]
+        key = (t, like.dtype, like.device)
+        if key not in kept:
+            if len(kept) >= 256:  # a caller sweeping t, not a solver's grid
+                kept.clear()
+            with torch.no_grad():
+                kept[key] = self.time_features(torch.full((1,), t, dtype=like.dtype, device=like.device))
+        return kept[key]
+
+    def forward(self, x: Tensor, t: Tensor | float, cond: Tensor) -> Tensor:
+        """t: (B,) flow times, or one float time for the whole batch (embedded once, `_time_features`)."""
+        film = torch.cat([self._time_features(t, x).expand(cond.shape[0], -1), cond], dim=-1)
         h = self.inp(x.flatten(1))
         for block in self.blocks:
             h = block(h, film)
@@ -85,7 +108,9 @@ class ChunkUnet(nn.Module):
         )
         self.unet = DiffusionConditionalUnet1d(unet_cfg, global_cond_dim=cond_dim)
 
-    def forward(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor | float, cond: Tensor) -> Tensor:
+        if not isinstance(t, Tensor):  # LeRobot's U-Net embeds its timesteps inside; one per sample
+            t = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
         return self.unet(x, t * TIME_SCALE, global_cond=cond)
 
 

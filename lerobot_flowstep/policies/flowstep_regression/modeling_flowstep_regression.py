@@ -31,8 +31,7 @@ class FlowstepRegressionPolicy(FlowstepBasePolicy):
         return torch.zeros(n, self.config.horizon, self.config.action_dim, device=device)
 
     def generate(self, cond: Tensor, noise: Tensor) -> Tensor:
-        t0 = torch.zeros(noise.shape[0], device=noise.device, dtype=noise.dtype)
-        return noise + self.generator(noise, t0, cond)
+        return noise + self.generator(noise, 0.0, cond)  # a float time: embedded once at inference
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
         cond = self.encode(batch)

@@ -7,7 +7,7 @@ from lerobot.utils.constants import ACTION
 from torch import Tensor
 
 from lerobot_flowstep.core.imle import imle_chamfer_objective, paired_distances, trajectory_distances
-from lerobot_flowstep.core.networks import ChunkMLP, make_chunk_network
+from lerobot_flowstep.core.networks import make_chunk_network
 from lerobot_flowstep.policies.common.policy_base import FlowstepBasePolicy
 from lerobot_flowstep.policies.flowstep_teacher.modeling_flowstep_teacher import FlowstepTeacherPolicy
 from lerobot_flowstep.policies.imle_student.configuration_imle_student import (
@@ -89,7 +89,6 @@ class ImleStudentPolicy(FlowstepBasePolicy):
         self._teacher_holder: list[FlowstepTeacherPolicy] = []
         self._teacher_copy_checked = False
         self._cache_holder: list[TeacherCache] = []
-        self._t0_cache: tuple[tuple, Tensor] | None = None  # see `_time_features_at_zero`
         if config.teacher_path:
             try:
                 teacher_config = load_teacher_config(config.teacher_path)
@@ -155,22 +154,8 @@ class ImleStudentPolicy(FlowstepBasePolicy):
     # --- generation -----------------------------------------------------------------------------
 
     def generate(self, cond: Tensor, noise: Tensor) -> Tensor:
-        t0 = torch.zeros(noise.shape[0], device=noise.device, dtype=noise.dtype)
-        if self.training or not isinstance(self.generator, ChunkMLP):
-            return noise + self.generator(noise, t0, cond)
-        return noise + self.generator(noise, t0, cond, time_features=self._time_features_at_zero(t0[:1]))
-
-    def _time_features_at_zero(self, t0: Tensor) -> Tensor:
-        """The generator's embedding of t = 0, computed once per set of weights: the student always evaluates
-        its network at t = 0, so at inference the embedding is a constant, and recomputing it was about an
-        eighth of a one-sample chunk on one CPU thread. The key (the embedding weights' storage, in-place
-        version, dtype and device) changes whenever those weights are loaded, trained or moved."""
-        weight = self.generator.time_embed[1].weight
-        key = (weight.data_ptr(), weight._version, t0.dtype, t0.device)
-        if self._t0_cache is None or self._t0_cache[0] != key:
-            with torch.no_grad():
-                self._t0_cache = (key, self.generator.time_features(t0))
-        return self._t0_cache[1]
+        # A float time: at inference the network embeds t = 0 once per set of weights, not at every chunk.
+        return noise + self.generator(noise, 0.0, cond)
 
     def _chunk_from_cond(self, cond: Tensor, noise: Tensor | None = None) -> Tensor:
         candidates = self.config.num_inference_candidates
