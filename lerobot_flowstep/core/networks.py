@@ -7,9 +7,11 @@ teacher's weights.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import torch
+import torch.nn.functional as F
 from lerobot.configs import FeatureType, PolicyFeature
 from lerobot.policies.diffusion.modeling_diffusion import (
     DiffusionConditionalUnet1d,
@@ -27,18 +29,33 @@ class _FiLMBlock(nn.Module):
     def __init__(self, dim: int, cond_dim: int):
         super().__init__()
         self.norm = nn.LayerNorm(dim, elementwise_affine=False)
+        # Reads [time features, observation condition]; ChunkMLP applies the two column blocks apart.
         self.film = nn.Linear(cond_dim, 2 * dim)
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.Mish(), nn.Linear(dim, dim))
 
-    def forward(self, h: Tensor, cond: Tensor) -> Tensor:
-        scale, shift = self.film(cond).chunk(2, dim=-1)
+    def forward(self, h: Tensor, film: Tensor) -> Tensor:
+        """film: this block's FiLM output (B or 1, 2 * dim), scale then shift."""
+        scale, shift = film.chunk(2, dim=-1)
         return h + self.mlp(self.norm(h) * (1 + scale) + shift)
 
 
+@dataclass(frozen=True)
+class FiLMCondition:
+    """An observation's share of every block's FiLM, (B, 2 * hidden_dim) per block: `ChunkMLP.condition`."""
+
+    per_block: tuple[Tensor, ...]
+
+
 class ChunkMLP(nn.Module):
+    """Residual FiLM MLP over the flattened chunk. Each block's FiLM is linear in [time features, condition], so
+    it splits into a time part and an observation part: a sampler computes the observation part once per chunk
+    (`condition`) and each float time's part once per set of weights (`_time_films`), and a network pass
+    then costs its MLP only."""
+
     def __init__(self, cfg: NetworkConfig, horizon: int, action_dim: int, cond_dim: int):
         super().__init__()
         self.horizon, self.action_dim = horizon, action_dim
+        self.time_embed_dim = cfg.time_embed_dim
         self.time_embed = nn.Sequential(
             DiffusionSinusoidalPosEmb(cfg.time_embed_dim),
             nn.Linear(cfg.time_embed_dim, cfg.time_embed_dim),
@@ -48,43 +65,59 @@ class ChunkMLP(nn.Module):
         self.inp = nn.Linear(horizon * action_dim, cfg.hidden_dim)
         self.blocks = nn.ModuleList(_FiLMBlock(cfg.hidden_dim, film_dim) for _ in range(cfg.num_blocks))
         self.out = nn.Sequential(nn.LayerNorm(cfg.hidden_dim), nn.Linear(cfg.hidden_dim, horizon * action_dim))
-        # Kept embeddings of float times (`_time_features`): (weights' identity, {(t, dtype, device): features}).
-        self._time_cache: tuple[tuple, dict[tuple, Tensor]] = ((), {})
+        # Kept time parts of the FiLMs for float times (`_time_films`): (weights' identity, {(t, dtype, device): ...}).
+        self._time_cache: tuple[tuple, dict[tuple, tuple[Tensor, ...]]] = ((), {})
 
     def time_features(self, t: Tensor) -> Tensor:
-        """The embedding of flow times t (B,) that `forward` conditions on, (B, time_embed_dim)."""
+        """The embedding of flow times t (B,) that the blocks' FiLMs read, (B, time_embed_dim)."""
         return self.time_embed(t * TIME_SCALE)
 
-    def _time_features(self, t: Tensor | float, like: Tensor) -> Tensor:
-        """(B or 1, time_embed_dim) for a (B,) tensor of times or one float time shared by the batch.
+    def condition(self, cond: Tensor) -> FiLMCondition:
+        """The observation part of every block's FiLM for conditions (B, cond_dim): what does not change along a
+        sampler's steps, computed once per chunk and passed to `forward` in place of `cond`."""
+        d = self.time_embed_dim
+        return FiLMCondition(tuple(F.linear(cond, block.film.weight[:, d:]) for block in self.blocks))
+
+    def _film_time_parts(self, t: Tensor) -> tuple[Tensor, ...]:
+        features = self.time_features(t)
+        d = self.time_embed_dim
+        return tuple(F.linear(features, block.film.weight[:, :d], block.film.bias) for block in self.blocks)
+
+    def _time_films(self, t: Tensor | float, like: Tensor) -> tuple[Tensor, ...]:
+        """The time part of every block's FiLM (B or 1, 2 * hidden_dim), for a (B,) tensor of times or one float
+        time shared by the batch.
 
         A float time comes from a sampler (`integrate`, the one-step student), which evaluates the same few
-        times at every chunk: without gradients their embeddings are computed once per set of weights and kept.
-        The key, the embedding weights' storage and in-place versions, changes whenever those weights are
-        loaded, trained or moved, so a kept embedding is never stale."""
+        times at every chunk: without gradients their parts are computed once per set of weights and kept.
+        The key, the storage and in-place version of every weight they read, changes whenever those weights
+        are loaded, trained or moved, so a kept part is never stale."""
         if isinstance(t, Tensor):
-            return self.time_features(t)
-        linear = self.time_embed[1]
-        if torch.is_grad_enabled() and linear.weight.requires_grad:
-            return self.time_features(torch.full((1,), t, dtype=like.dtype, device=like.device))
-        weights = (linear.weight.data_ptr(), linear.weight._version, linear.bias.data_ptr(), linear.bias._version)
-        if self._time_cache[0] != weights:
-            self._time_cache = (weights, {})
+            return self._film_time_parts(t)
+        times = torch.full((1,), t, dtype=like.dtype, device=like.device)
+        weights = [self.time_embed[1].weight, self.time_embed[1].bias]
+        if torch.is_grad_enabled() and weights[0].requires_grad:
+            return self._film_time_parts(times)
+        weights += [p for block in self.blocks for p in (block.film.weight, block.film.bias)]
+        identity = tuple((w.data_ptr(), w._version) for w in weights)
+        if self._time_cache[0] != identity:
+            self._time_cache = (identity, {})
         kept = self._time_cache[1]
         key = (t, like.dtype, like.device)
         if key not in kept:
             if len(kept) >= 256:  # a caller sweeping t, not a solver's grid
                 kept.clear()
             with torch.no_grad():
-                kept[key] = self.time_features(torch.full((1,), t, dtype=like.dtype, device=like.device))
+                kept[key] = self._film_time_parts(times)
         return kept[key]
 
-    def forward(self, x: Tensor, t: Tensor | float, cond: Tensor) -> Tensor:
-        """t: (B,) flow times, or one float time for the whole batch (embedded once, `_time_features`)."""
-        film = torch.cat([self._time_features(t, x).expand(cond.shape[0], -1), cond], dim=-1)
+    def forward(self, x: Tensor, t: Tensor | float, cond: Tensor | FiLMCondition) -> Tensor:
+        """x: (B, horizon, action_dim); t: (B,) flow times, or one float time for the whole batch; cond: (B,
+        cond_dim), or its `condition` computed once for all of a sampler's steps."""
+        if not isinstance(cond, FiLMCondition):
+            cond = self.condition(cond)
         h = self.inp(x.flatten(1))
-        for block in self.blocks:
-            h = block(h, film)
+        for block, observation, time in zip(self.blocks, cond.per_block, self._time_films(t, x), strict=True):
+            h = block(h, observation + time)
         return self.out(h).reshape(-1, self.horizon, self.action_dim)
 
 
@@ -107,6 +140,10 @@ class ChunkUnet(nn.Module):
             gradient_checkpointing=False,
         )
         self.unet = DiffusionConditionalUnet1d(unet_cfg, global_cond_dim=cond_dim)
+
+    def condition(self, cond: Tensor) -> Tensor:
+        """The U-Net mixes condition and time inside LeRobot's blocks: nothing to compute ahead."""
+        return cond
 
     def forward(self, x: Tensor, t: Tensor | float, cond: Tensor) -> Tensor:
         if not isinstance(t, Tensor):  # LeRobot's U-Net embeds its timesteps inside; one per sample

@@ -21,8 +21,9 @@ class FlowstepTeacherPolicy(FlowstepBasePolicy):
         self.velocity = make_chunk_network(config.network, config.horizon, config.action_dim, self.encoder.cond_dim)
 
     def generate(self, cond: Tensor, noise: Tensor, num_steps: int | None = None, solver: str | None = None) -> Tensor:
+        condition = self.velocity.condition(cond)  # the same at every step of the chunk: computed once
         return integrate(
-            lambda x, t: self.velocity(x, t, cond),
+            lambda x, t: self.velocity(x, t, condition),
             noise,
             num_steps or self.config.num_inference_steps,
             solver or self.config.ode_solver,
