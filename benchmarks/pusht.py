@@ -56,7 +56,14 @@ from lerobot_flowstep.datasets.zarr import convert_zarr
 from lerobot_flowstep.policies.imle_student.teacher_cache import cache_has_latents
 from lerobot_flowstep.tools.cache_teacher import cache_from_samples
 from lerobot_flowstep.tools.checkpoints import load_checkpoint
-from lerobot_flowstep.tools.diagnostics import held_out_batch, paired_error, sample_chamfer
+from lerobot_flowstep.tools.diagnostics import (
+    held_out_batch,
+    nearest_distances,
+    paired_error,
+    paired_error_by_distance,
+    paired_errors,
+    sample_chamfer,
+)
 from lerobot_flowstep.tools.latency import chunk_latency, replan_period
 from lerobot_flowstep.tools.lerobot_commands import eval_args, lerobot_eval
 from lerobot_flowstep.tools.plots import plot_benchmark, plot_distillation_curves, plot_recipe_variants
@@ -232,13 +239,15 @@ def diagnose_distillation(
     held_out: list[int],
     cfg: TrainPipelineConfig,
     args: argparse.Namespace,
+    samples: dict[str, torch.Tensor],
 ) -> dict:
     """Chamfer coverage and fidelity, against accurate teacher samples (the cache's solver and steps), on frames
     of the held-out episodes: for the student at each saved distillation step (step 0 is its initialization,
     which is exactly one-step CFM), the teacher's deployed sampler, one-step CFM, and a second independent
     draw of the reference itself (the floor: what a perfect copy of the teacher would score). Each also gets
     its paired error against the deployed sampler (`paired_error`: the same latents through both), on those
-    frames and on frames of the trained episodes, with fresh latents."""
+    frames and on frames of the trained episodes, with fresh latents, and the held-out error in four bins of
+    the frames' distance to the nearest trained frame (`samples`, normalized observations)."""
     path = output / "diagnosis.json"
     report = json.loads(path.read_text()) if path.exists() else {}
     settings = {
@@ -260,11 +269,25 @@ def diagnose_distillation(
         known = dict(known or {})
         if "coverage" not in known:
             known |= sample_chamfer(policy, teacher, batch, args.diagnosis_samples, seed=0, **reference)
-        if "paired_error_deployed" not in known:
-            known["paired_error_deployed"] = paired_error(policy, teacher, batch, args.diagnosis_samples, seed=0)
+        if not {"paired_error_deployed", "paired_error_by_distance"} <= known.keys():
+            errors = paired_errors(policy, teacher, batch, args.diagnosis_samples, seed=0)
+            known.setdefault("paired_error_deployed", errors.mean().item())
+            known["paired_error_by_distance"] = paired_error_by_distance(errors, distances())
         if "paired_error_train" not in known:
             known["paired_error_train"] = paired_error(policy, teacher, train_batch(), args.diagnosis_samples, seed=0)
         return known
+
+    @functools.cache
+    def distances() -> torch.Tensor:
+        # Of each held-out frame's observation (its whole history, normalized) to the nearest trained frame's.
+        keys = teacher.encoder.vector_keys
+        trained = torch.isin(samples["episode_index"], torch.tensor(list(cfg.dataset.episodes)))
+        observations = preprocessor({k: samples[k][trained] for k in keys})
+
+        def flat(frames: dict) -> torch.Tensor:
+            return torch.cat([frames[k].flatten(1) for k in keys], dim=1)
+
+        return nearest_distances(flat(batch), flat(observations))
 
     @functools.cache
     def train_batch() -> dict:
@@ -278,7 +301,7 @@ def diagnose_distillation(
 
     def missing(section: str, key: str) -> bool:
         entry = report.get(section, {}).get(key, {})
-        return not {"paired_error_deployed", "paired_error_train"} <= entry.keys()
+        return not {"paired_error_deployed", "paired_error_train", "paired_error_by_distance"} <= entry.keys()
 
     def save(section: str, key: str, value: dict) -> None:
         # Merged into the file as it is now: a concurrent run (another recipe variant) may have added entries.
@@ -470,7 +493,7 @@ def main() -> None:
         student_steps = sorted({0, *range(args.save_every, student_cfg.steps, args.save_every), student_cfg.steps})
         if held_out:
             diagnosis = diagnose_distillation(
-                output, checkpoints, student_dir, student_steps, held_out, student_cfg, args
+                output, checkpoints, student_dir, student_steps, held_out, student_cfg, args, samples
             )
             recipes = student_curves(diagnosis)
             if len(recipes) > 1:

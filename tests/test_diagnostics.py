@@ -32,3 +32,25 @@ def test_mode_statistics_counts_modes_entropy_and_off_manifold():
     assert stats.modes_covered == 2 and stats.off_manifold == 0.25 and stats.success_rate == 0.5
     assert stats.mode_entropy == pytest.approx(-(1 / 3 * np.log(1 / 3) + 2 / 3 * np.log(2 / 3)) / np.log(2))
     assert stats.mode_histogram == [0.25, 0.5]
+
+
+def test_error_by_distance_bins_frames_by_their_nearest_training_frame():
+    import torch
+
+    from lerobot_flowstep.tools.diagnostics import nearest_distances, paired_error_by_distance
+
+    g = torch.Generator().manual_seed(0)
+    references, queries = torch.randn(300, 5, generator=g), torch.randn(40, 5, generator=g)
+    brute = torch.tensor([min((q - r).norm().item() for r in references) for q in queries])
+    distances = nearest_distances(queries, references, chunk=7)  # chunks that do not divide the queries
+    assert torch.allclose(distances, brute, atol=1e-5)
+    # An error that grows with distance rises bin by bin; the bins hold equal counts, nearest first.
+    result = paired_error_by_distance(distances**2, distances, num_bins=4)
+    ordered = distances.sort().values
+    assert result["edges"] == pytest.approx([0.0, *ordered[[9, 19, 29, 39]].tolist()])
+    assert result["errors"] == pytest.approx([(ordered[i : i + 10] ** 2).mean().item() for i in (0, 10, 20, 30)])
+    assert result["errors"] == sorted(result["errors"])
+    with pytest.raises(ValueError, match="one distance per error"):
+        paired_error_by_distance(distances[:3], distances[:3])
+    with pytest.raises(ValueError, match=r"Cannot compare queries \(40, 5\) with references \(300, 4\)"):
+        nearest_distances(queries, references[:, :4])

@@ -4,7 +4,8 @@
   from the teacher, both Chamfer directions (coverage: are all teacher modes reached; fidelity: does every
   sample lie near some teacher sample), in the teacher's normalized action space;
 - `paired_error`: the same observations and latents through a policy and its teacher, how far apart the
-  chunks land (what paired distillation minimizes);
+  chunks land (what paired distillation minimizes); `paired_error_by_distance` splits it by how far each
+  observation lies from the frames the policy was trained on (`nearest_distances`);
 - `rollout_mode_report`: closed-loop rollouts through LeRobot's own `eval_policy` on the `flowstep_obstacle`
   env: success rate, modes covered, normalized entropy of the mode histogram and the share of
   off-manifold (between-mode or colliding) trajectories.
@@ -69,13 +70,48 @@ def paired_error(
     """How far `policy`'s noise-to-chunk map is from `teacher`'s: both fed the same latents, the mean squared
     distance between their chunks (`core.imle.paired_distances`), over observations and latents. Zero only
     for a policy that reproduces each of the teacher's samples, not just their distribution."""
+    return paired_errors(policy, teacher, batch, num_samples, seed, **teacher_generate_kwargs).mean().item()
+
+
+@torch.no_grad()
+def paired_errors(
+    policy: FlowstepBasePolicy,
+    teacher: FlowstepBasePolicy,
+    batch: dict[str, Tensor],
+    num_samples: int = 32,
+    seed: int = 0,
+    **teacher_generate_kwargs,
+) -> Tensor:
+    """`paired_error` per observation of the batch, (B,)."""
     cond = policy.encode(batch)
     generator = torch.Generator(device=cond.device).manual_seed(seed)
     noise = policy.sample_noise(cond.shape[0] * num_samples, cond.device, generator)
     teacher_samples = teacher.sample(batch, num_samples, noise=noise, **teacher_generate_kwargs)
     policy_samples = policy.sample(batch, num_samples, cond=cond, noise=noise)
     mask = ~batch["action_is_pad"] if "action_is_pad" in batch else None
-    return paired_distances(teacher_samples, policy_samples, mask).mean().item()
+    return paired_distances(teacher_samples, policy_samples, mask).mean(dim=1)
+
+
+def nearest_distances(queries: Tensor, references: Tensor, chunk: int = 1024) -> Tensor:
+    """Euclidean distance from each query (N, D) to its nearest reference (M, D), (N,); in chunks of queries,
+    so that memory stays at chunk x M."""
+    if queries.shape[-1] != references.shape[-1] or len(references) == 0:
+        raise ValueError(f"Cannot compare queries {tuple(queries.shape)} with references {tuple(references.shape)}.")
+    return torch.cat([torch.cdist(q, references).min(dim=1).values for q in queries.split(chunk)])
+
+
+def paired_error_by_distance(errors: Tensor, distances: Tensor, num_bins: int = 4) -> dict[str, list[float]]:
+    """Mean per-observation error (N,) in `num_bins` bins of equal count by distance (N,) to the training frames:
+    `edges` (num_bins + 1, from 0 to the largest distance) and each bin's `errors`. A policy that generalises
+    across observations has flat errors; one that only fits its training frames has errors rising with
+    distance."""
+    if errors.shape != distances.shape or len(errors) < num_bins:
+        raise ValueError(f"Need one distance per error and at least {num_bins} of them, got {tuple(errors.shape)} "
+                         f"and {tuple(distances.shape)}.")  # fmt: skip
+    order = distances.argsort()
+    bins = order.tensor_split(num_bins)
+    edges = [0.0] + [distances[b].max().item() for b in bins]
+    return {"edges": edges, "errors": [errors[b].mean().item() for b in bins]}
 
 
 @dataclass
