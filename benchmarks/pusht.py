@@ -66,7 +66,12 @@ from lerobot_flowstep.tools.diagnostics import (
 )
 from lerobot_flowstep.tools.latency import chunk_latency, replan_period
 from lerobot_flowstep.tools.lerobot_commands import eval_args, lerobot_eval
-from lerobot_flowstep.tools.plots import plot_benchmark, plot_distillation_curves, plot_recipe_variants
+from lerobot_flowstep.tools.plots import (
+    plot_benchmark,
+    plot_distillation_curves,
+    plot_error_by_distance,
+    plot_recipe_variants,
+)
 from lerobot_flowstep.tools.statistics import mean_interval, wilson_interval
 from lerobot_flowstep.tools.timings import record_timing, write_text_atomic
 from lerobot_flowstep.tools.training import load_samples, save_checkpoint, train_policy_on_dataset
@@ -500,6 +505,16 @@ def main() -> None:
                 # Every variant starts as one-step CFM (step 0), so that reference line would add nothing.
                 lines = {name: r for name, r in diagnosis["references"].items() if not name.startswith("one-step")}
                 plot_recipe_variants(recipes, lines, output / "recipes.png")
+            # Each variant's last checkpoint and the teacher's few-step samplers, by distance to the trained frames.
+            # (The deployed sampler's own error is zero, and the floor is another draw, not the same latents.)
+            last = {n: c[max(c)] for n, c in recipes.items()}
+            binned = {
+                n: r["paired_error_by_distance"]
+                for n, r in {**diagnosis["references"], **last}.items()
+                if "paired_error_by_distance" in r and min(r["paired_error_by_distance"]["errors"]) > 0
+                and not n.startswith("floor")
+            }  # fmt: skip
+            plot_error_by_distance(binned, output / "error_by_distance.png")
         else:
             print("No held-out episodes (the configs train on all of them): the Chamfer curves are skipped.")
     if "diffusion" in models:

@@ -190,3 +190,32 @@ def plot_recipe_variants(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_error_by_distance(curves: dict[str, dict[str, list[float]]], path: Path) -> Path:
+    """Paired error against each held-out frame's distance to the nearest trained frame
+    (`diagnostics.paired_error_by_distance`), one line per policy, log scale: a policy that only fits its
+    training frames rises faster than the teacher's own few-step samplers do."""
+    fig, ax = plt.subplots(figsize=(8, 6))
+    for name, binned in curves.items():
+        edges = binned["edges"]
+        centres = [(lo + hi) / 2 for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+        if name.startswith(("teacher", "one-step")):  # the teacher's samplers: gray, named at their right end
+            ax.plot(centres, binned["errors"], "s--", color="gray", alpha=0.7)
+            ax.annotate(name, (centres[-1], binned["errors"][-1]), xytext=(6, 0), textcoords="offset points",
+                        fontsize=7, color="dimgray", va="center")  # fmt: skip
+        else:
+            ax.plot(centres, binned["errors"], "o-", label=name)
+    for edge in next(iter(curves.values()))["edges"][1:-1]:
+        ax.axvline(edge, color="lightgray", linewidth=0.8)
+    ax.set_xlim(right=ax.get_xlim()[1] * 1.3)  # room for the samplers' names
+    ax.set_yscale("log")
+    ax.set_xlabel("distance to the nearest trained frame (normalized observation history; bins of equal count)")
+    ax.set_ylabel("paired error against the deployed sampler")
+    ax.set_title("Held-out PushT frames: where the one-step map loses the teacher's", fontsize=10)
+    # Below the axes: the run names are long.
+    fig.legend(loc="lower center", ncol=1, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
