@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -196,7 +198,9 @@ def plot_error_by_distance(curves: dict[str, dict[str, list[float]]], path: Path
     """Paired error against each held-out frame's distance to the nearest trained frame
     (`diagnostics.paired_error_by_distance`), one line per policy, log scale: a policy that only fits its
     training frames rises faster than the teacher's own few-step samplers do."""
-    fig, ax = plt.subplots(figsize=(8, 6))
+    fig, ax = plt.subplots(figsize=(8, 7.5))
+    runs = [name for name in curves if not name.startswith(("teacher", "one-step"))]
+    shared = os.path.commonprefix(runs) if len(runs) > 1 else ""
     for name, binned in curves.items():
         edges = binned["edges"]
         centres = [(lo + hi) / 2 for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
@@ -204,8 +208,8 @@ def plot_error_by_distance(curves: dict[str, dict[str, list[float]]], path: Path
             ax.plot(centres, binned["errors"], "s--", color="gray", alpha=0.7)
             ax.annotate(name, (centres[-1], binned["errors"][-1]), xytext=(6, 0), textcoords="offset points",
                         fontsize=7, color="dimgray", va="center")  # fmt: skip
-        else:
-            ax.plot(centres, binned["errors"], "o-", label=name)
+        else:  # run names are long: the part every run shares is said once, in the legend's title
+            ax.plot(centres, binned["errors"], "o-", label=textwrap.fill(name[len(shared) :] or name, 110))
     for edge in next(iter(curves.values()))["edges"][1:-1]:
         ax.axvline(edge, color="lightgray", linewidth=0.8)
     ax.set_xlim(right=ax.get_xlim()[1] * 1.3)  # room for the samplers' names
@@ -214,8 +218,9 @@ def plot_error_by_distance(curves: dict[str, dict[str, list[float]]], path: Path
     ax.set_ylabel("paired error against the deployed sampler")
     ax.set_title("Held-out PushT frames: where the one-step map loses the teacher's", fontsize=10)
     # Below the axes: the run names are long.
-    fig.legend(loc="lower center", ncol=1, fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.legend(loc="lower center", ncol=1, fontsize=7, frameon=False, title=f"{shared}..." if shared else None,
+               title_fontsize=7)  # fmt: skip
+    fig.tight_layout(rect=(0, 0.3, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
