@@ -102,9 +102,9 @@ def nearest_distances(queries: Tensor, references: Tensor, chunk: int = 1024) ->
 
 def paired_error_by_distance(errors: Tensor, distances: Tensor, num_bins: int = 4) -> dict[str, list[float]]:
     """Mean per-observation error (N,) in `num_bins` bins of equal count by distance (N,) to the training frames:
-    `edges` (num_bins + 1, from 0 to the largest distance) and each bin's `errors`. A policy that generalises
-    across observations has flat errors; one that only fits its training frames has errors rising with
-    distance."""
+    `edges` (num_bins + 1, from 0 to the largest distance) and each bin's `errors`. Far from the data the teacher's
+    field is harder to follow, so even its own few-step samplers rise with distance; a policy that only fits its
+    training frames rises faster than they do."""
     if errors.shape != distances.shape or len(errors) < num_bins:
         raise ValueError(f"Need one distance per error and at least {num_bins} of them, got {tuple(errors.shape)} "
                          f"and {tuple(distances.shape)}.")  # fmt: skip
