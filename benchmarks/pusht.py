@@ -10,7 +10,8 @@ trails its teacher (the distillation diagnosis).
    trained at the diffusion policy's budget, for the equal-budget comparison;
 3. the diagnosis, on frames of the episodes the configs hold out: Chamfer coverage and fidelity of samples
    against accurate teacher samples, for every saved student checkpoint, the teacher's deployed sampler and
-   one-step CFM (`diagnosis.json`, `distillation.png`), and the success of every saved student checkpoint;
+   one-step CFM (`diagnosis.json`, `distillation.png`), their paired error by distance to the nearest trained
+   frame (`error_by_distance.png`), and the success of every saved student checkpoint;
 4. every evaluation is a `lerobot-eval --env.type=pusht` run on the same seeded episodes (`--eval-episodes`
    for the headline rows): success rate (Wilson 95 % interval) and mean max reward (gym-pusht's reward is
    coverage / 0.95 capped at 1; normal 95 % interval), plus chunk latency at batch 1;
