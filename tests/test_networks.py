@@ -38,6 +38,20 @@ def test_the_split_film_is_the_film_of_the_concatenation():
         assert block.film.weight.grad[:, :d].abs().sum() > 0 and block.film.weight.grad[:, d:].abs().sum() > 0
 
 
+def test_a_network_built_under_inference_mode_runs_without_keeping_parts():
+    # Inference tensors keep no version counter, so nothing computed from them can be kept safely: a policy
+    # built inside `torch.inference_mode` (benchmarks/latency.py does) computes its parts at every call.
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        net = ChunkMLP(NetworkConfig(hidden_dim=32, num_blocks=2, time_embed_dim=16), 8, 2, 12)
+        x, cond = torch.randn(5, 8, 2), torch.randn(5, 12)
+        expected = _reference(net, x, torch.full((5,), 0.3), cond)
+        assert torch.allclose(net(x, 0.3, net.condition(cond)), expected, atol=1e-5)
+        for p in net.parameters():  # changed in place, where no version would tell
+            p.add_(0.1)
+        assert torch.allclose(net(x, 0.3, cond), _reference(net, x, torch.full((5,), 0.3), cond), atol=1e-5)
+
+
 def test_the_unet_takes_a_float_time_and_needs_no_precomputed_condition():
     torch.manual_seed(0)
     unet = make_chunk_network(NetworkConfig(type="unet", down_dims=(16, 32), n_groups=4), 8, 2, 12).eval()

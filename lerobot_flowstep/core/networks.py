@@ -73,12 +73,15 @@ class ChunkMLP(nn.Module):
         return self.time_embed(t * TIME_SCALE)
 
     def _kept(self) -> dict | None:
-        """The parts kept for inference: None when gradients must reach the weights (training), else a dict that
-        lives as long as the weights the parts are computed from. Its key, the storage and in-place version of
-        every weight read, changes whenever they are loaded, trained or moved, so a kept part is never stale."""
+        """The parts kept for inference, a dict that lives as long as the weights the parts are computed from: its
+        key, the storage and in-place version of every weight read, changes whenever they are loaded, trained or
+        moved, so a kept part is never stale. None (compute afresh) when gradients must reach the weights
+        (training), and for weights made under `torch.inference_mode`, which keep no version to check."""
         weights = [self.time_embed[1].weight, self.time_embed[1].bias]
         weights += [p for block in self.blocks for p in (block.film.weight, block.film.bias)]
         if torch.is_grad_enabled() and any(w.requires_grad for w in weights):
+            return None
+        if any(w.is_inference() for w in weights):
             return None
         identity = tuple((w.data_ptr(), w._version) for w in weights)
         if self._kept_parts[0] != identity:
