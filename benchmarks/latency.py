@@ -120,12 +120,14 @@ def run(args: argparse.Namespace) -> list[dict]:
         # Many-step samplers get fewer repeats so that the whole table fits in minutes on a CPU.
         return {"warmup": max(2, args.warmup // nfe), "repeats": max(10, args.repeats // nfe)}
 
-    with torch.inference_mode():
-        for label, network in (("MLP", NetworkConfig()), ("U-Net", NetworkConfig(type="unet", down_dims=UNET_DIMS))):
-            use_paths = label == "MLP"
-            teacher, student = flowstep_pair(
-                network, device, args.teacher_path if use_paths else None, args.student_path if use_paths else None
-            )
+    for label, network in (("MLP", NetworkConfig()), ("U-Net", NetworkConfig(type="unet", down_dims=UNET_DIMS))):
+        use_paths = label == "MLP"
+        # Built outside inference mode, as a checkpoint is loaded: weights made inside it keep no version counter,
+        # and the MLP then recomputes at every call what it otherwise keeps per set of weights.
+        teacher, student = flowstep_pair(
+            network, device, args.teacher_path if use_paths else None, args.student_path if use_paths else None
+        )
+        with torch.inference_mode():
             cond = student.encode(batch)
             z = student.sample_noise(1, torch.device(device))
             add(f"student ({label}), bare generator forward", measure_latency(
@@ -140,8 +142,9 @@ def run(args: argparse.Namespace) -> list[dict]:
                 teacher.config.num_inference_steps = steps
                 add(f"teacher ({label}), {steps} Euler steps", measure_latency(
                     lambda t=teacher: t.predict_action_chunk(batch), **timing(steps)), steps)  # fmt: skip
-        for scheduler, steps in (("DDIM", 10), ("DDPM", 100)):
-            policy = diffusion(scheduler, steps, device)
+    for scheduler, steps in (("DDIM", 10), ("DDPM", 100)):
+        policy = diffusion(scheduler, steps, device)
+        with torch.inference_mode():
             add(f"LeRobot diffusion (U-Net), {scheduler}-{steps}", measure_latency(
                 lambda p=policy: p.predict_action_chunk(batch), **timing(steps)), steps)  # fmt: skip
     return rows
@@ -222,8 +225,10 @@ def rlbench_policy(policy_type: str, device: str, **kwargs):
     if isinstance(kwargs.get("pointcloud"), dict):
         kwargs["pointcloud"] = PointCloudConfig(**kwargs["pointcloud"])
     config = make_policy_config(policy_type, device=device, input_features=inputs, output_features=outputs, **kwargs)
-    policy = get_policy_class(policy_type)(config)
-    policy = policy.to(device).eval()
+    # Outside inference mode even when called inside it, as a checkpoint is loaded: weights made inside it keep no
+    # version counter, and the MLP then recomputes at every call what it otherwise keeps per set of weights.
+    with torch.inference_mode(False):
+        policy = get_policy_class(policy_type)(config).to(device).eval()
     pre, post = make_pre_post_processors(config, dataset_stats=rlbench_stats())
     return policy, pre, post
 
