@@ -225,9 +225,7 @@ def rlbench_policy(policy_type: str, device: str, **kwargs):
     if isinstance(kwargs.get("pointcloud"), dict):
         kwargs["pointcloud"] = PointCloudConfig(**kwargs["pointcloud"])
     config = make_policy_config(policy_type, device=device, input_features=inputs, output_features=outputs, **kwargs)
-    # Outside inference mode even when called inside it, as a checkpoint is loaded: weights made inside it keep no
-    # version counter, and the MLP then recomputes at every call what it otherwise keeps per set of weights.
-    with torch.inference_mode(False):
+    with torch.inference_mode(False):  # even when called inside it: see `run`
         policy = get_policy_class(policy_type)(config).to(device).eval()
     pre, post = make_pre_post_processors(config, dataset_stats=rlbench_stats())
     return policy, pre, post

@@ -60,7 +60,6 @@ from lerobot_flowstep.tools.checkpoints import load_checkpoint
 from lerobot_flowstep.tools.diagnostics import (
     held_out_batch,
     nearest_distances,
-    paired_error,
     paired_error_by_distance,
     paired_errors,
     sample_chamfer,
@@ -251,7 +250,7 @@ def diagnose_distillation(
     of the held-out episodes: for the student at each saved distillation step (step 0 is its initialization,
     which is exactly one-step CFM), the teacher's deployed sampler, one-step CFM, and a second independent
     draw of the reference itself (the floor: what a perfect copy of the teacher would score). Each also gets
-    its paired error against the deployed sampler (`paired_error`: the same latents through both), on those
+    its paired error against the deployed sampler (`paired_errors`: the same latents through both), on those
     frames and on frames of the trained episodes, with fresh latents, and the held-out error in four bins of
     the frames' distance to the nearest trained frame (`samples`, normalized observations)."""
     path = output / "diagnosis.json"
@@ -280,7 +279,8 @@ def diagnose_distillation(
             known.setdefault("paired_error_deployed", errors.mean().item())
             known["paired_error_by_distance"] = paired_error_by_distance(errors, distances())
         if "paired_error_train" not in known:
-            known["paired_error_train"] = paired_error(policy, teacher, train_batch(), args.diagnosis_samples, seed=0)
+            errors = paired_errors(policy, teacher, train_batch(), args.diagnosis_samples, seed=0)
+            known["paired_error_train"] = errors.mean().item()
         return known
 
     @functools.cache

@@ -68,10 +68,6 @@ class ChunkMLP(nn.Module):
         # What inference keeps per set of weights (`_kept`): the weights' identity, and the parts it keeps.
         self._kept_parts: tuple[tuple, dict] = ((), {})
 
-    def time_features(self, t: Tensor) -> Tensor:
-        """The embedding of flow times t (B,) that the blocks' FiLMs read, (B, time_embed_dim)."""
-        return self.time_embed(t * TIME_SCALE)
-
     def _kept(self) -> dict | None:
         """The parts kept for inference, a dict that lives as long as the weights the parts are computed from: its
         key, the storage and in-place version of every weight read, changes whenever they are loaded, trained or
@@ -91,46 +87,49 @@ class ChunkMLP(nn.Module):
     def condition(self, cond: Tensor) -> FiLMCondition:
         """The observation part of every block's FiLM for conditions (B, cond_dim): what does not change along a
         sampler's steps, computed once per chunk and passed to `forward` in place of `cond`."""
+        return self._condition(cond, self._kept())
+
+    def _condition(self, cond: Tensor, kept: dict | None) -> FiLMCondition:
         d = self.time_embed_dim
-        kept = self._kept()
         if kept is None:
             return FiLMCondition(tuple(F.linear(cond, block.film.weight[:, d:]) for block in self.blocks))
         if "condition_weight" not in kept:
-            # One matrix product for every block, from a contiguous copy: a column slice of each FiLM weight
-            # costs about three times a plain product at batch 1.
+            # One matrix product for every block, from a contiguous copy: at batch 1 a product with a column
+            # slice of each FiLM weight costs about a quarter more.
             kept["condition_weight"] = torch.cat([block.film.weight[:, d:] for block in self.blocks]).contiguous()
         per_block = F.linear(cond, kept["condition_weight"]).split(self.blocks[0].film.out_features, dim=-1)
         return FiLMCondition(tuple(per_block))
 
     def _film_time_parts(self, t: Tensor) -> tuple[Tensor, ...]:
-        features = self.time_features(t)
+        """The time part of every block's FiLM for flow times t (B,) (stretched to the sinusoids' scale)."""
+        features = self.time_embed(t * TIME_SCALE)
         d = self.time_embed_dim
         return tuple(F.linear(features, block.film.weight[:, :d], block.film.bias) for block in self.blocks)
 
-    def _time_films(self, t: Tensor | float, like: Tensor) -> tuple[Tensor, ...]:
+    def _time_films(self, t: Tensor | float, like: Tensor, kept: dict | None) -> tuple[Tensor, ...]:
         """The time part of every block's FiLM (B or 1, 2 * hidden_dim), for a (B,) tensor of times or one float
         time shared by the batch. A float time comes from a sampler (`integrate`, the one-step student), which
         evaluates the same few times at every chunk: at inference their parts are computed once (`_kept`)."""
         if isinstance(t, Tensor):
             return self._film_time_parts(t)
-        times = torch.full((1,), t, dtype=like.dtype, device=like.device)
-        kept = self._kept()
-        if kept is None:
-            return self._film_time_parts(times)
         key = (t, like.dtype, like.device)
-        if key not in kept:
+        if kept is not None and key in kept:
+            return kept[key]
+        parts = self._film_time_parts(torch.full((1,), t, dtype=like.dtype, device=like.device))
+        if kept is not None:
             if len(kept) >= 256:  # a caller sweeping t, not a solver's grid
                 kept.clear()
-            kept[key] = self._film_time_parts(times)
-        return kept[key]
+            kept[key] = parts
+        return parts
 
     def forward(self, x: Tensor, t: Tensor | float, cond: Tensor | FiLMCondition) -> Tensor:
         """x: (B, horizon, action_dim); t: (B,) flow times, or one float time for the whole batch; cond: (B,
         cond_dim), or its `condition` computed once for all of a sampler's steps."""
+        kept = self._kept()
         if not isinstance(cond, FiLMCondition):
-            cond = self.condition(cond)
+            cond = self._condition(cond, kept)
         h = self.inp(x.flatten(1))
-        for block, observation, time in zip(self.blocks, cond.per_block, self._time_films(t, x), strict=True):
+        for block, observation, time in zip(self.blocks, cond.per_block, self._time_films(t, x, kept), strict=True):
             h = block(h, observation + time)
         return self.out(h).reshape(-1, self.horizon, self.action_dim)
 

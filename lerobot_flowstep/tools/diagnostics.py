@@ -3,7 +3,7 @@
 - `sample_chamfer`: on held-out observations of any dataset, many samples from a policy against many
   from the teacher, both Chamfer directions (coverage: are all teacher modes reached; fidelity: does every
   sample lie near some teacher sample), in the teacher's normalized action space;
-- `paired_error`: the same observations and latents through a policy and its teacher, how far apart the
+- `paired_errors`: the same observations and latents through a policy and its teacher, how far apart the
   chunks land (what paired distillation minimizes); `paired_error_by_distance` splits it by how far each
   observation lies from the frames the policy was trained on (`nearest_distances`);
 - `rollout_mode_report`: closed-loop rollouts through LeRobot's own `eval_policy` on the `flowstep_obstacle`
@@ -59,21 +59,6 @@ def sample_chamfer(
 
 
 @torch.no_grad()
-def paired_error(
-    policy: FlowstepBasePolicy,
-    teacher: FlowstepBasePolicy,
-    batch: dict[str, Tensor],
-    num_samples: int = 32,
-    seed: int = 0,
-    **teacher_generate_kwargs,
-) -> float:
-    """How far `policy`'s noise-to-chunk map is from `teacher`'s: both fed the same latents, the mean squared
-    distance between their chunks (`core.imle.paired_distances`), over observations and latents. Zero only
-    for a policy that reproduces each of the teacher's samples, not just their distribution."""
-    return paired_errors(policy, teacher, batch, num_samples, seed, **teacher_generate_kwargs).mean().item()
-
-
-@torch.no_grad()
 def paired_errors(
     policy: FlowstepBasePolicy,
     teacher: FlowstepBasePolicy,
@@ -82,7 +67,9 @@ def paired_errors(
     seed: int = 0,
     **teacher_generate_kwargs,
 ) -> Tensor:
-    """`paired_error` per observation of the batch, (B,)."""
+    """How far `policy`'s noise-to-chunk map is from `teacher`'s, per observation of the batch (B,): both fed the
+    same latents, the mean squared distance between their chunks (`core.imle.paired_distances`) over the
+    latents. Zero only for a policy that reproduces each of the teacher's samples, not just their distribution."""
     cond = policy.encode(batch)
     generator = torch.Generator(device=cond.device).manual_seed(seed)
     noise = policy.sample_noise(cond.shape[0] * num_samples, cond.device, generator)
