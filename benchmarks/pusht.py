@@ -25,6 +25,10 @@ trails its teacher (the distillation diagnosis).
 run folder with other inference settings on `--curve-episodes` episodes (a pilot before a 500-episode row);
 `--models` with no names runs only those.
 
+`--teacher-config teacher_unet` makes the U-Net teacher the one the student distils (a U-Net student, since the
+student inherits its teacher's network), in its own `--output`; `--device cuda` runs training, the cache, the
+diagnosis, evaluation and latency on a GPU.
+
 Every stage skips work whose output exists (checkpoints, the cache, `diagnosis.json` entries,
 `eval_info.json`), so an interrupted run resumes.
 
@@ -94,10 +98,9 @@ class Evaluation:
     disturbed: bool = False
 
 
-def train_config(configs: Path, name: str, output: Path, *overrides: str) -> TrainPipelineConfig:
-    return TrainPipelineConfig.from_pretrained(
-        configs / f"{name}.json", cli_args=[f"--dataset.root={output / 'pusht_keypoints'}", *overrides]
-    )
+def train_config(configs: Path, name: str, output: Path, device: str, *overrides: str) -> TrainPipelineConfig:
+    cli_args = [f"--dataset.root={output / 'pusht_keypoints'}", f"--policy.device={device}", *overrides]
+    return TrainPipelineConfig.from_pretrained(configs / f"{name}.json", cli_args=cli_args)
 
 
 def cached_samples(output: Path, cfg: TrainPipelineConfig, meta: LeRobotDatasetMetadata) -> dict[str, torch.Tensor]:
@@ -146,12 +149,14 @@ def intermediate_checkpoint(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / f"{step:06d}" / "pretrained_model"
 
 
-def pusht_chunk_latency(checkpoint: Path, path: Path, remeasure: bool = False, **overrides) -> dict:
+def pusht_chunk_latency(
+    checkpoint: Path, path: Path, remeasure: bool = False, device: str = "cpu", **overrides
+) -> dict:
     """Batch-1 chunk latency on a PushT observation, with the checkpoint's processors, measured once and kept
     at `path`: measured again on every run, it would follow the machine's load of the moment, not the model."""
     if path.is_file() and not remeasure:
         return json.loads(path.read_text())
-    policy, preprocessor, _ = load_checkpoint(checkpoint, **overrides)
+    policy, preprocessor, _ = load_checkpoint(checkpoint, device, **overrides)
     env_cfg = PushtEnv(obs_type=OBS_TYPE)
     env = make_env(env_cfg, n_envs=1)[env_cfg.type][0]
     try:
@@ -187,7 +192,7 @@ def run_eval(
         if evaluation.disturbed:
             extra.append(f"--env.disturb_step={args.disturb_step}")
         env_type = "flowstep_pusht_disturbed" if evaluation.disturbed else "pusht"
-        cli = eval_args(checkpoint, env_type, episodes, args.eval_batch_size, args.eval_seed) + extra
+        cli = eval_args(checkpoint, env_type, episodes, args.eval_batch_size, args.eval_seed, args.device) + extra
         threads = {"OMP_NUM_THREADS": str(args.threads)}
         lerobot_eval(cli, out_dir, out_dir.with_suffix(".log"), desc=evaluation.name, env=threads)
     info = json.loads((out_dir / "eval_info.json").read_text())
@@ -263,7 +268,7 @@ def diagnose_distillation(
     }
     if report.get("settings") != settings:
         report = {"settings": settings, "references": {}}
-    teacher, preprocessor, _ = load_checkpoint(checkpoints["teacher"])
+    teacher, preprocessor, _ = load_checkpoint(checkpoints["teacher"], args.device)
     batch = held_out_batch(
         teacher.config, preprocessor, cfg.dataset.repo_id, cfg.dataset.root, held_out, args.diagnosis_frames
     )
@@ -332,14 +337,15 @@ def diagnose_distillation(
         variants[f"teacher, {steps} {config.ode_solver.capitalize()} steps"] = {"num_inference_steps": steps}
     for name, overrides in variants.items():
         if missing("references", name):
-            policy = load_checkpoint(checkpoints["teacher"], **overrides)[0]
+            policy = load_checkpoint(checkpoints["teacher"], args.device, **overrides)[0]
             save("references", name, measure(policy, report["references"].get(name)))
     for step in tqdm(student_steps, desc=f"diagnose {student_dir.name} checkpoints"):
         if missing(student_dir.name, str(step)):
             if step == 0:  # the student's initialization: the teacher's one-step Euler sampler, by construction
-                policy = load_checkpoint(checkpoints["teacher"], num_inference_steps=1, ode_solver="euler")[0]
+                one_step = {"num_inference_steps": 1, "ode_solver": "euler"}
+                policy = load_checkpoint(checkpoints["teacher"], args.device, **one_step)[0]
             else:
-                policy = load_checkpoint(student_checkpoint(student_dir, step, cfg.steps))[0]
+                policy = load_checkpoint(student_checkpoint(student_dir, step, cfg.steps), args.device)[0]
             save(student_dir.name, str(step), measure(policy, report.get(student_dir.name, {}).get(str(step))))
     return report
 
@@ -415,6 +421,15 @@ def main() -> None:
     parser.add_argument("--no-eval", action="store_true", help="train, cache and diagnose only")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
+        "--device", default="cpu", help="where training, the cache, the diagnosis, evaluation and latency run"
+    )
+    parser.add_argument(
+        "--teacher-config",
+        default="teacher",
+        help="the config (in --configs) of the teacher the student distils, e.g. teacher_unet: the U-Net student "
+        "of the U-Net teacher; a config other than the default needs its own --output",
+    )
+    parser.add_argument(
         "--remeasure-latency",
         action="store_true",
         help="measure chunk latency again (on a quiet machine) instead of reading output/latency/",
@@ -432,7 +447,7 @@ def main() -> None:
         parser.error(f"--extra-eval: no trained run '{run}' in {output}; trained runs: {trained}")
     report_path = output / "report.json"
 
-    teacher_cfg = train_config(args.configs, "teacher", output)
+    teacher_cfg = train_config(args.configs, args.teacher_config, output, args.device)
     root = Path(teacher_cfg.dataset.root)
     if not (root / "meta" / "info.json").exists():
         convert_zarr(args.zarr, root, mapping="pusht_keypoints", repo_id=teacher_cfg.dataset.repo_id)
@@ -441,19 +456,28 @@ def main() -> None:
     # The episodes no config trains on: the frames of the distillation diagnosis.
     held_out = sorted(set(range(meta.total_episodes)) - set(teacher_cfg.dataset.episodes or ()))
 
-    diffusion_cfg = train_config(args.configs, "diffusion", output)
+    diffusion_cfg = train_config(args.configs, "diffusion", output, args.device)
     # The teacher again, at the diffusion policy's steps and batch size: the equal-budget comparison.
     equal_budget = [f"--steps={diffusion_cfg.steps}", f"--batch_size={diffusion_cfg.batch_size}"]
-    equal_cfg = train_config(args.configs, "teacher", output, *equal_budget)
+    equal_cfg = train_config(args.configs, "teacher", output, args.device, *equal_budget)
     models = set(args.models)
     checkpoints = {}
     if models & {"teacher", "student"}:
         checkpoints["teacher"] = train(teacher_cfg, output / "teacher", samples, "teacher")
+        trained_network = PreTrainedConfig.from_pretrained(checkpoints["teacher"]).network
+        if trained_network != teacher_cfg.policy.network:
+            # The run folders are named by role, so another teacher config in the same output would silently
+            # reuse (and distil, and report as its own) the teacher already there.
+            parser.error(
+                f"{output / 'teacher'} holds a teacher with network {trained_network}, not "
+                f"{args.teacher_config}.json's {teacher_cfg.policy.network}: give --teacher-config "
+                f"{args.teacher_config} its own --output."
+            )
     if "teacher_equal_budget" in models:
         run_dir = output / "teacher_equal_budget"
         checkpoints["teacher_equal_budget"] = train(equal_cfg, run_dir, samples, "teacher_equal_budget")
     if "teacher_unet" in models:
-        unet_cfg = train_config(args.configs, "teacher_unet", output)
+        unet_cfg = train_config(args.configs, "teacher_unet", output, args.device)
         checkpoints["teacher_unet"] = train(unet_cfg, output / "teacher_unet", samples, "teacher_unet")
     diagnosis, student_steps, student_name, variant = None, [], "student", ""
     if "student" in models:
@@ -471,6 +495,7 @@ def main() -> None:
             args.configs,
             "student",
             output,
+            args.device,
             f"--policy.teacher_path={checkpoints['teacher']}",
             f"--policy.teacher_cache_path={cache_path}",
             f"--policy.num_teacher_samples={args.cache_samples}",
@@ -482,7 +507,7 @@ def main() -> None:
         needs_latents = student_cfg.policy.paired_weight > 0
         if not cache_path.exists() or (needs_latents and not cache_has_latents(cache_path)):
             start = time.perf_counter()
-            teacher, _, _ = load_checkpoint(checkpoints["teacher"])
+            teacher, _, _ = load_checkpoint(checkpoints["teacher"], args.device)
             cache_from_samples(
                 teacher,
                 str(checkpoints["teacher"]),
@@ -575,7 +600,7 @@ def main() -> None:
         path = latency_path(output, evaluation.model, evaluation.policy_args)
         if path not in latencies:
             latencies[path] = pusht_chunk_latency(
-                checkpoints[evaluation.model], path, args.remeasure_latency, **evaluation.policy_args
+                checkpoints[evaluation.model], path, args.remeasure_latency, args.device, **evaluation.policy_args
             )
         return latencies[path]
 
@@ -591,7 +616,7 @@ def main() -> None:
         evaluation = Evaluation(f"{run} ({', '.join(fields) or 'its config'})", run, policy_args)
         overrides = {k: parse_value(v) for k, v in policy_args.items()}
         path = latency_path(output, run, policy_args)
-        latency = pusht_chunk_latency(checkpoint, path, args.remeasure_latency, **overrides)
+        latency = pusht_chunk_latency(checkpoint, path, args.remeasure_latency, args.device, **overrides)
         extra[evaluation.name] = run_eval(evaluation, checkpoint, output, args, latency, args.curve_episodes)
 
     # Success against distillation steps: every saved student checkpoint, one sample per chunk (the

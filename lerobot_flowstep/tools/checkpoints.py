@@ -15,11 +15,18 @@ def load_checkpoint(
     checkpoint: str | Path, device: str = "cpu", **overrides: Any
 ) -> tuple[PreTrainedPolicy, PolicyProcessorPipeline, PolicyProcessorPipeline]:
     """Policy, preprocessor and postprocessor from a checkpoint folder, with config fields overridden
-    (e.g. `num_inference_steps=1`). Weights load strictly: a key missing or left over is an error here."""
+    (e.g. `num_inference_steps=1`). Weights load strictly: a key missing or left over is an error here.
+
+    The preprocessor moves batches to `device`, whatever device the checkpoint was trained on, as `lerobot-eval`
+    does: a checkpoint trained on a GPU is then read on a CPU-only machine, and the reverse."""
     config = PreTrainedConfig.from_pretrained(checkpoint)
     for name, value in overrides.items():
         setattr(config, name, value)
     config.device = device
     policy = get_policy_class(config.type).from_pretrained(checkpoint, config=config, strict=True)
-    preprocessor, postprocessor = make_pre_post_processors(config, pretrained_path=str(checkpoint))
+    preprocessor, postprocessor = make_pre_post_processors(
+        config,
+        pretrained_path=str(checkpoint),
+        preprocessor_overrides={"device_processor": {"device": device}},
+    )
     return policy, preprocessor, postprocessor

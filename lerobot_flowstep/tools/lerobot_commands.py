@@ -190,11 +190,13 @@ def train_args(
     ]
 
 
-def eval_args(checkpoint: Path, env_type: str, episodes: int, batch_size: int, seed: int) -> list[str]:
-    """`lerobot-eval` arguments for a local checkpoint on CPU; add `--env.<field>=` arguments as needed."""
+def eval_args(
+    checkpoint: Path, env_type: str, episodes: int, batch_size: int, seed: int, device: str = "cpu"
+) -> list[str]:
+    """`lerobot-eval` arguments for a local checkpoint; add `--env.<field>=` arguments as needed."""
     return [
         f"--policy.path={checkpoint}",
-        "--policy.device=cpu",
+        f"--policy.device={device}",
         f"--env.type={env_type}",
         f"--eval.n_episodes={episodes}",
         f"--eval.batch_size={min(batch_size, episodes)}",
