@@ -39,7 +39,9 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +77,7 @@ from lerobot_flowstep.tools.plots import (
     plot_distillation_curves,
     plot_error_by_distance,
     plot_recipe_variants,
+    plot_success_against_paired_error,
 )
 from lerobot_flowstep.tools.statistics import mean_interval, wilson_interval
 from lerobot_flowstep.tools.timings import record_timing, write_text_atomic
@@ -176,8 +179,18 @@ def run_key(model: str, policy_args: dict) -> list[str]:
     return [model, *(f"{k}={v}" for k, v in sorted(policy_args.items()))]
 
 
+def file_name(parts: list[str]) -> str:
+    """The parts joined into one file or folder name, hashed down when they would pass the file system's
+    255-byte limit with a suffix (recipe variants name their runs by every field they set); shorter names,
+    which every earlier run's outputs have, are kept as they are so that those outputs are still found."""
+    name = "_".join(parts)
+    if len(name.encode()) <= 250:
+        return name
+    return f"{name[:200]}_{hashlib.sha1(name.encode()).hexdigest()[:12]}"
+
+
 def latency_path(output: Path, model: str, policy_args: dict) -> Path:
-    return output / "latency" / ("_".join(run_key(model, policy_args)) + ".json")
+    return output / "latency" / (file_name(run_key(model, policy_args)) + ".json")
 
 
 def run_eval(
@@ -186,7 +199,7 @@ def run_eval(
     # Keyed by what is evaluated, not by the display name, so that a resumed run never reuses another result.
     parts = [*run_key(evaluation.model, evaluation.policy_args), f"{episodes}ep"]
     parts += ["disturbed"] if evaluation.disturbed else []
-    out_dir = output / "eval" / "_".join(parts)
+    out_dir = output / "eval" / file_name(parts)
     if not (out_dir / "eval_info.json").exists():
         extra = [f"--env.obs_type={OBS_TYPE}", *(f"--policy.{k}={v}" for k, v in evaluation.policy_args.items())]
         if evaluation.disturbed:
@@ -194,7 +207,10 @@ def run_eval(
         env_type = "flowstep_pusht_disturbed" if evaluation.disturbed else "pusht"
         cli = eval_args(checkpoint, env_type, episodes, args.eval_batch_size, args.eval_seed, args.device) + extra
         threads = {"OMP_NUM_THREADS": str(args.threads)}
-        lerobot_eval(cli, out_dir, out_dir.with_suffix(".log"), desc=evaluation.name, env=threads)
+        # Not with_suffix: a run name with a decimal (observation_noise_std0.1) would lose everything after its dot,
+        # and every such evaluation would write one log.
+        log = out_dir.with_name(f"{out_dir.name}.log")
+        lerobot_eval(cli, out_dir, log, desc=evaluation.name, env=threads)
     info = json.loads((out_dir / "eval_info.json").read_text())
     metrics = info["per_task"][0]["metrics"]
     successes = np.array(metrics["successes"], dtype=bool)
@@ -357,6 +373,25 @@ def student_curves(diagnosis: dict) -> dict[str, dict[int, dict]]:
         for name, curve in diagnosis.items()
         if name not in ("settings", "references")
     }
+
+
+def success_against_error(report: dict, diagnosis: dict) -> dict[str, dict]:
+    """Every sampler with both a paired error (`diagnosis.json`) and a one-sample success (`report.json`): each
+    student at its last step (its `(1 sample)` row), one-step CFM, and the teacher at fewer steps (its
+    `--extra-eval teacher num_inference_steps=K` row)."""
+    successes = report.get("results", {}) | report.get("extra", {})
+    points = {}
+    for name, curve in student_curves(diagnosis).items():
+        tag = f" [{name.removeprefix('student_')}]" if name != "student" else ""
+        row = successes.get(f"student{tag} (1 sample)")
+        if row is not None:
+            points[name] = curve[max(curve)] | {**row, "teacher_sampler": False}
+    for name, reference in diagnosis["references"].items():
+        steps = re.fullmatch(r"teacher, (\d+) \w+ steps", name)
+        row = successes.get(name) or (steps and successes.get(f"teacher (num_inference_steps={steps[1]})"))
+        if row and reference.get("paired_error_deployed", 0) > 0:
+            points[name] = reference | {**row, "teacher_sampler": True}
+    return points
 
 
 def student_checkpoint(run_dir: Path, step: int, total_steps: int) -> Path:
@@ -677,6 +712,11 @@ def main() -> None:
     }
     write_text_atomic(report_path, json.dumps(report, indent=2))
     plot_benchmark(results, disturbance, output / "pusht.png")
+    if "diagnosis" in report:
+        points = success_against_error(report, report["diagnosis"])
+        if points:
+            path = output / "success_against_error.png"
+            plot_success_against_paired_error(points, results.get(teacher.name), path)
     print(markdown_table(results))
     if extra:
         print()

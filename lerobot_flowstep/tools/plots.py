@@ -1,4 +1,5 @@
-"""Figures: the mode-collapse picture over the obstacle scene, and the PushT benchmark bars."""
+"""Figures: the mode-collapse picture over the obstacle scene, the PushT benchmark bars and its distillation
+diagnosis."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import matplotlib
 matplotlib.use("Agg")  # headless: CI and robots have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
+from matplotlib.colors import to_hex  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from lerobot_flowstep.envs import ObstacleLayout, classify_trajectory  # noqa: E402
 
@@ -221,6 +223,58 @@ def plot_error_by_distance(curves: dict[str, dict[str, list[float]]], path: Path
     fig.legend(loc="lower center", ncol=1, fontsize=7, frameon=False, title=f"{shared}..." if shared else None,
                title_fontsize=7)  # fmt: skip
     fig.tight_layout(rect=(0, 0.3, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_success_against_paired_error(
+    points: dict[str, dict], deployed: dict | None, path: Path, title: str = "PushT, one sample per chunk"
+) -> Path:
+    """Closed-loop success (95 % interval) of each sampler against its paired error with the teacher's deployed
+    sampler, on held-out frames and on trained frames: the teacher at fewer steps (gray squares) shows what error
+    a success costs, each student (a dot) where its recipe landed. `points`: name -> `success_rate`,
+    `success_ci95`, `episodes`, `paired_error_deployed`, `paired_error_train` and `teacher_sampler` (bool);
+    `deployed`: the deployed teacher's success, drawn as a line (its own paired error is zero)."""
+    panels = [("paired_error_deployed", "held-out frames"), ("paired_error_train", "trained frames")]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 7.5), sharey=True)
+    students = [n for n, p in points.items() if not p["teacher_sampler"]]
+    shared = os.path.commonprefix(students) if len(students) > 1 else ""
+    markers = "o^vD<>ph*"
+    # Gray is the teacher's samplers' colour.
+    colors = [c for c in plt.rcParams["axes.prop_cycle"].by_key()["color"] if to_hex(c) != "#7f7f7f"]
+    for ax, (key, frames) in zip(axes, panels, strict=True):
+        for i, (name, p) in enumerate(points.items()):
+            if key not in p:
+                continue
+            lo, hi = p["success_ci95"]
+            y = p["success_rate"]
+            student = {"color": colors[i % len(colors)], "marker": markers[i % len(markers)]}
+            style = {"color": "gray", "marker": "s"} if p["teacher_sampler"] else student
+            # The teacher's samplers are named beside their squares; the students' long names go to the legend.
+            label = None if p["teacher_sampler"] or key != panels[0][0] else name[len(shared) :] or name
+            ax.errorbar(p[key], y, yerr=[[y - lo], [hi - y]], capsize=3, linestyle="none",
+                        label=label and textwrap.fill(label, 130), **style)  # fmt: skip
+            if p["teacher_sampler"]:
+                ax.annotate(name.removeprefix("teacher, "), (p[key], y), xytext=(5, 4), textcoords="offset points",
+                            fontsize=7, color="dimgray")  # fmt: skip
+        if deployed is not None:
+            ax.axhline(deployed["success_rate"], color="black", linestyle="--", linewidth=1)
+            ax.axhspan(*deployed["success_ci95"], color="black", alpha=0.07)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(f"paired error against the deployed sampler, {frames}")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:.0%}"))
+    episodes = "/".join(str(n) for n in sorted({p["episodes"] for p in points.values()}))
+    axes[0].set_ylabel(f"success, {episodes} seeded episodes")
+    fig.suptitle(f"{title}: success against paired error (dashed: the deployed teacher, with its interval)",
+                 fontsize=10)  # fmt: skip
+    fig.legend(loc="lower center", ncol=1, fontsize=7, frameon=False, title=f"{shared}..." if shared else None,
+               title_fontsize=7)  # fmt: skip
+    fig.tight_layout(rect=(0, 0.3, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -4,16 +4,22 @@ them, and result files written so that a killed run never leaves one half-writte
 from __future__ import annotations
 
 import json
-import os
+import uuid
 from pathlib import Path
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file beside `path` (named per process, so two runs never share one) and
-    replace `path` with it in one step."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    """Write through a temporary file beside `path` (a fresh name, so two writers never share one) and replace
+    `path` with it in one step."""
+    # The temporary name does not repeat `path`'s: a name near the file system's 255-byte limit, which a
+    # benchmark's long run names reach, would push it over.
+    tmp = path.with_name(f".{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def record_timing(folder: Path, key: str, seconds: float) -> None:
