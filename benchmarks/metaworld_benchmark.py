@@ -43,7 +43,12 @@ from lerobot_flowstep.metaworld.demos import (  # noqa: E402
     metaworld_pointcloud_config,  # noqa: E402
 )
 from lerobot_flowstep.metaworld.tasks import metaworld_task  # noqa: E402
-from lerobot_flowstep.tools.lerobot_commands import last_checkpoint, lerobot_eval, lerobot_train  # noqa: E402
+from lerobot_flowstep.tools.lerobot_commands import (  # noqa: E402
+    eval_args,
+    last_checkpoint,
+    lerobot_eval,
+    lerobot_train,
+)
 from lerobot_flowstep.tools.statistics import wilson_interval  # noqa: E402
 from lerobot_flowstep.tools.timings import record_timing, write_text_atomic  # noqa: E402
 
@@ -156,17 +161,11 @@ def evaluate(row: str, checkpoint: Path, overrides: list[str], task: str, task_d
         if not info_file.is_file():
             lerobot_eval(
                 [
-                    f"--policy.path={checkpoint}",
-                    f"--policy.device={args.device}",
+                    *eval_args(checkpoint, "flowstep_metaworld", args.eval_episodes, 10, eval_seed, args.device),
                     *overrides,
-                    "--env.type=flowstep_metaworld",
                     f"--env.task={task}",
                     f"--env.image_size={args.image_size}",
                     f"--env.episode_length={args.episode_length}",
-                    f"--eval.n_episodes={args.eval_episodes}",
-                    f"--eval.batch_size={min(10, args.eval_episodes)}",
-                    "--eval.use_async_envs=false",
-                    f"--seed={eval_seed}",
                 ],  # fmt: skip
                 out,
                 task_dir / "eval" / f"{out.parent.name}_{eval_seed}.log",

@@ -9,12 +9,12 @@ from pathlib import Path
 import torch
 from lerobot.datasets.factory import resolve_delta_timestamps
 from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
-from lerobot.policies.factory import make_pre_post_processors
 from torch import Tensor
 from tqdm import tqdm
 
 from lerobot_flowstep.policies.flowstep_teacher.modeling_flowstep_teacher import FlowstepTeacherPolicy
 from lerobot_flowstep.policies.imle_student.teacher_cache import cache_metadata, write_teacher_cache
+from lerobot_flowstep.tools.checkpoints import load_processors
 
 
 @torch.no_grad()
@@ -58,7 +58,7 @@ def cache_from_samples(
     extra_metadata: dict[str, str] | None = None,
 ) -> Path:
     """The cache for dataset samples already in memory (`training.load_samples`), e.g. in the demo."""
-    preprocessor, _ = make_pre_post_processors(teacher.config, pretrained_path=str(teacher_path))
+    preprocessor, _ = load_processors(teacher.config, teacher_path, next(teacher.parameters()).device)
     processed = preprocessor(dict(samples))
     frames = len(samples["index"])
     batches = (
@@ -87,7 +87,7 @@ def build_teacher_cache(
     if output.exists():
         raise FileExistsError(f"{output} exists; remove it or choose another --output.")
     teacher = FlowstepTeacherPolicy.from_pretrained(teacher_path).to(device).eval()
-    preprocessor, _ = make_pre_post_processors(teacher.config, pretrained_path=str(teacher_path))
+    preprocessor, _ = load_processors(teacher.config, teacher_path, device)
     deltas = resolve_delta_timestamps(teacher.config, LeRobotDatasetMetadata(repo_id, root=root))
     dataset = LeRobotDataset(repo_id, root=root, delta_timestamps=deltas)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
