@@ -65,6 +65,19 @@ def _cache_teacher(args: argparse.Namespace) -> None:
     print(f"Wrote {path}; train with --policy.teacher_cache_path={path}")
 
 
+def _calibrate(args: argparse.Namespace) -> None:
+    from lerobot_flowstep.datasets.calibration import calibrate_dataset
+
+    path = calibrate_dataset(
+        Path(args.dataset_root),
+        args.camera,
+        intrinsics=args.intrinsics,
+        extrinsics=args.extrinsics,
+        calibration_file=Path(args.calibration_file) if args.calibration_file else None,
+    )
+    print(f"Wrote the calibration of camera '{args.camera}' into {path}.")
+
+
 def _diagnose(args: argparse.Namespace) -> None:
     import json
 
@@ -124,6 +137,22 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--device", default="cpu")
     cache.add_argument("--seed", type=int, default=0)
     cache.set_defaults(func=_cache_teacher)
+
+    calib = sub.add_parser(
+        "calibrate",
+        help="write a depth camera's intrinsics and camera-to-world extrinsics into a LeRobotDataset's meta/info.json",
+    )
+    calib.add_argument("--dataset-root", required=True)
+    calib.add_argument("--camera", required=True, help="the camera of the depth map observation.images.<cam>_depth")
+    calib.add_argument("--intrinsics", type=float, nargs=9, metavar="K", help="3x3 pinhole matrix, row-major (OpenCV)")
+    calib.add_argument(
+        "--extrinsics", type=float, nargs=16, metavar="T", help="4x4 camera-to-world transform, row-major, OpenCV axes"
+    )
+    calib.add_argument(
+        "--calibration-file",
+        help="ROS camera_info YAML, OpenCV FileStorage YAML/XML, or JSON (intrinsics, camera_to_world)",
+    )
+    calib.set_defaults(func=_calibrate)
 
     diag = sub.add_parser("diagnose", help="Chamfer coverage/fidelity against the teacher; modes on the embedded task")
     diag.add_argument("--policy-path", required=True)

@@ -8,11 +8,17 @@ LeRobotDataset (parquet) and pass through `lerobot-eval`'s `preprocess_observati
   z forward, positive focal lengths).
 - `observation.camera.<cam>.extrinsics`: (4, 4) camera-to-world transform.
 - `observation.pointcloud`: (N, 3) xyz or (N, 6) xyz + rgb in [0, 1], world frame.
+
+LeRobot's own depth maps (`observation.images.<cam>_depth`, `info.is_depth_map`; see
+`lerobot_flowstep.processor.depth_maps`) are turned into `observation.depth.<cam>` by the policy's preprocessor.
 """
 
 OBS_DEPTH_PREFIX = "observation.depth"
 OBS_CAMERA_PREFIX = "observation.camera"
 OBS_POINTCLOUD = "observation.pointcloud"
+OBS_IMAGES_PREFIX = "observation.images."
+# LeRobot names a camera's depth stream `<cam>_depth` (`lerobot-record` with a depth camera).
+OBS_DEPTH_MAP_SUFFIX = "_depth"
 
 
 def depth_key(camera: str) -> str:
@@ -28,7 +34,12 @@ def extrinsics_key(camera: str) -> str:
 
 
 def rgb_key(camera: str) -> str:
-    return f"observation.images.{camera}"
+    return f"{OBS_IMAGES_PREFIX}{camera}"
+
+
+def depth_map_key(camera: str) -> str:
+    """LeRobot's key of a camera's depth map."""
+    return f"{OBS_IMAGES_PREFIX}{camera}{OBS_DEPTH_MAP_SUFFIX}"
 
 
 def is_camera_parameter_key(key: str) -> bool:

@@ -3,16 +3,21 @@ point-cloud step and the optimizer presets. Each policy adds only what is its ow
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from lerobot.configs import FeatureType, NormalizationMode, PolicyFeature, PreTrainedConfig
 from lerobot.optim import AdamWConfig, CosineDecayWithWarmupSchedulerConfig
 from lerobot.utils.constants import ACTION
 
-from lerobot_flowstep.constants import OBS_POINTCLOUD, depth_key, extrinsics_key, intrinsics_key, rgb_key
+from lerobot_flowstep.constants import OBS_POINTCLOUD, depth_key, depth_map_key, extrinsics_key, intrinsics_key, rgb_key
 from lerobot_flowstep.core.configuration_encoder import EncoderConfig, check_encoder_inputs
 from lerobot_flowstep.core.configuration_network import NetworkConfig
+from lerobot_flowstep.processor.depth_maps import check_depth_map_settings, dataset_depth_maps
 from lerobot_flowstep.processor.pointcloud import PointCloudConfig
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -28,6 +33,12 @@ class FlowstepBaseConfig(PreTrainedConfig):
         it pulls samples towards the zero latent's (the truncation trick), which for a one-step map of a
         multi-modal distribution lies between modes: on PushT 0.5 lowered both policies' success (BENCHMARKS.md).
         1 samples the learned distribution.
+    depth_maps: the input keys that are LeRobot depth maps (`observation.images.<cam>_depth`, marked
+        `is_depth_map` in the dataset), each with the [depth_min, depth_max] metres its video was quantized over
+        ([] when stored unquantized). Filled from the dataset when the policy is made (`set_dataset_feature_metadata`);
+        the preprocessor turns each into metric `observation.depth.<cam>` (`processor/depth_maps.py`).
+    depth_unit: the unit those depth maps reach the policy in: `--dataset.depth_output_unit` for a LeRobotDataset
+        (LeRobot's default, "mm"), millimetres from a robot's depth camera.
     """
 
     n_obs_steps: int = 2
@@ -58,6 +69,9 @@ class FlowstepBaseConfig(PreTrainedConfig):
 
     inference_noise_scale: float = 1.0
 
+    depth_maps: dict[str, list[float]] = field(default_factory=dict)
+    depth_unit: str = "mm"
+
     optimizer_lr: float = 1e-4
     optimizer_betas: tuple[float, float] = (0.95, 0.999)
     optimizer_eps: float = 1e-8
@@ -81,6 +95,7 @@ class FlowstepBaseConfig(PreTrainedConfig):
                 f"inference_noise_scale must be a finite number >= 0 (1 samples the learned distribution), "
                 f"got {self.inference_noise_scale}."
             )
+        check_depth_map_settings(self.depth_maps, self.depth_unit)
         if self.drop_n_last_frames is None:
             self.drop_n_last_frames = self.horizon - self.n_action_steps - self.n_obs_steps + 1
 
@@ -126,6 +141,41 @@ class FlowstepBaseConfig(PreTrainedConfig):
             decay_lr=self.scheduler_decay_lr,
         )
 
+    def set_dataset_feature_metadata(self, features: dict[str, dict[str, Any]]) -> None:
+        """Called by LeRobot's `make_policy` with the dataset's features: each LeRobot depth map among the inputs
+        becomes the camera's metric depth input (`observation.depth.<cam>`, made by the preprocessor, so it is
+        never taken for an RGB camera or normalized), and a calibration written into its `info` becomes the
+        point-cloud step's `fixed_cameras` entry, saved with the policy for evaluation and deployment. Explicit
+        `pointcloud.fixed_cameras` entries and per-frame camera features take precedence."""
+        for key, depth_map in dataset_depth_maps(features).items():
+            metric = depth_key(depth_map.camera)
+            if key in self.input_features:
+                if metric in self.input_features:
+                    raise ValueError(
+                        f"The dataset has both the depth map '{key}' and '{metric}' for camera '{depth_map.camera}'; "
+                        "keep one of them."
+                    )
+                del self.input_features[key]
+                self.input_features[metric] = PolicyFeature(type=FeatureType.STATE, shape=depth_map.shape)
+            elif metric not in self.input_features:
+                continue  # not an input of this policy
+            self.depth_maps[key] = depth_map.valid_range
+            camera = depth_map.camera
+            per_frame = intrinsics_key(camera) in features and extrinsics_key(camera) in features
+            if depth_map.calibration is None or per_frame:
+                continue
+            given = self.pointcloud.fixed_cameras.get(camera)
+            if given is None:
+                self.pointcloud.fixed_cameras[camera] = depth_map.calibration
+                self.pointcloud.__post_init__()  # checks the calibration, naming the camera
+            elif given != depth_map.calibration:
+                logger.warning(
+                    "pointcloud.fixed_cameras['%s'] is given and differs from the calibration in the dataset's "
+                    "'%s' info; the given one is used.",
+                    camera,
+                    key,
+                )
+
     def validate_features(self) -> None:
         """Check the features before any training step; adds the point-cloud feature the step will make."""
         if self.action_feature is None:
@@ -136,14 +186,20 @@ class FlowstepBaseConfig(PreTrainedConfig):
             for camera in self.pointcloud.cameras:
                 if depth_key(camera) not in self.input_features:
                     raise ValueError(
-                        f"pointcloud.cameras names '{camera}' but '{depth_key(camera)}' is not an input feature "
+                        f"pointcloud.cameras names '{camera}' but the inputs hold no depth for it: neither LeRobot's "
+                        f"depth map '{depth_map_key(camera)}' nor '{depth_key(camera)}' "
                         f"(inputs: {sorted(self.input_features)})."
                     )
                 for key in (intrinsics_key(camera), extrinsics_key(camera)):
                     if key not in self.input_features and camera not in self.pointcloud.fixed_cameras:
                         raise ValueError(
-                            f"No camera parameters for '{depth_key(camera)}': '{key}' is not an input feature "
-                            f"and pointcloud.fixed_cameras has no entry for '{camera}'."
+                            f"No calibration for camera '{camera}': a point cloud needs its intrinsics and "
+                            f"camera-to-world extrinsics, and LeRobot records none. Provide them in one of three ways: "
+                            f"write them into the dataset (`lerobot-flowstep calibrate --dataset-root <root> --camera "
+                            f"{camera} --intrinsics ... --extrinsics ...`, or --calibration-file), where the policy "
+                            f'picks them up; give --policy.pointcloud.fixed_cameras=\'{{"{camera}": '
+                            f'{{"intrinsics": [[...]], "extrinsics": [[...]]}}}}\'; or record per-frame '
+                            f"'{intrinsics_key(camera)}' and '{extrinsics_key(camera)}' features (moving cameras)."
                         )
                 if self.pointcloud.use_rgb and rgb_key(camera) not in self.input_features:
                     raise ValueError(f"pointcloud.use_rgb needs '{rgb_key(camera)}' as an input feature.")

@@ -26,6 +26,8 @@ INHERITED_FIELDS = (
     "encoder",
     "network",
     "pointcloud",
+    "depth_maps",
+    "depth_unit",
 )
 
 
