@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from lerobot.configs import FeatureType, PipelineFeatureType, PolicyFeature
+from lerobot.configs.video import encoder_config_from_video_info
 from lerobot.processor import ObservationProcessorStep, ProcessorStepRegistry
 
 from lerobot_flowstep.constants import OBS_DEPTH_MAP_SUFFIX, OBS_IMAGES_PREFIX, depth_key
@@ -78,8 +79,11 @@ def dataset_depth_maps(features: dict[str, dict[str, Any]]) -> dict[str, Dataset
             raise ValueError(f"Depth map '{key}' must have 3 dimensions (H, W, 1), got shape {shape}.")
         channel_last = len(names) == 3 and names[2] in ("channel", "channels")
         h, w = (shape[0], shape[1]) if channel_last else (shape[1], shape[2])
-        # A video stream is quantized over [depth_min, depth_max] (LeRobot writes both into the info).
-        quantized = feature.get("dtype") == "video" and "depth_min" in info and "depth_max" in info
+        valid_range = []
+        if feature.get("dtype") == "video":
+            # Read as LeRobot's decoder reads them: its defaults where the info does not say.
+            encoder = encoder_config_from_video_info(info)
+            valid_range = [float(encoder.depth_min), float(encoder.depth_max)]
         calibration = None
         if INTRINSICS_INFO in info or EXTRINSICS_INFO in info:
             missing = [name for name in (INTRINSICS_INFO, EXTRINSICS_INFO) if name not in info]
@@ -93,7 +97,7 @@ def dataset_depth_maps(features: dict[str, dict[str, Any]]) -> dict[str, Dataset
             key=key,
             camera=depth_map_camera(key),
             shape=(1, h, w),
-            valid_range=[float(info["depth_min"]), float(info["depth_max"])] if quantized else [],
+            valid_range=valid_range,
             calibration=calibration,
         )
     return maps
