@@ -186,3 +186,64 @@ def test_calibrate_refuses_bad_calibrations_and_leaves_info_json_as_it_was(
     assert flowstep_cli(argv) == 2
     assert re.search(message, capsys.readouterr().err)
     assert (root / "meta" / "info.json").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_a_lerobot_recorded_rgbd_dataset_trains_caches_distils_and_evaluates(recorded, tmp_path):
+    """The whole method on a dataset recorded as a LeRobot user records one, with LeRobot's commands: the teacher
+    on point cloud + state (+ RGB), its cache, the student, and `lerobot-eval` on the embedded task's camera, whose
+    env gives metric depth and per-frame camera parameters."""
+    from lerobot_flowstep.tools.cache_teacher import build_teacher_cache
+    from lerobot_flowstep.tools.lerobot_commands import (
+        eval_args,
+        last_checkpoint,
+        lerobot_eval,
+        lerobot_train,
+        train_args,
+    )
+
+    root = _copy(recorded, "mm", tmp_path)
+    pointcloud = [
+        "--policy.pointcloud.cameras=[top]",
+        "--policy.pointcloud.num_points=64",
+        f"--policy.pointcloud.bounds_low={BOUNDS['bounds_low']}",
+        f"--policy.pointcloud.bounds_high={BOUNDS['bounds_high']}",
+    ]
+    small = ["--policy.horizon=8", "--policy.n_action_steps=4", "--policy.network.hidden_dim=64"]
+    small += ["--policy.encoder.vision_backbone=conv"]
+    checkpoints = {}
+    for name, policy_type, extra in (
+        ("teacher", "flowstep_teacher", [*small, *pointcloud]),
+        ("student", "imle_student", None),
+    ):
+        if extra is None:
+            cache = tmp_path / "cache.safetensors"
+            build_teacher_cache(checkpoints["teacher"], REPO_ID, root, cache, num_samples=4, num_steps=2)
+            extra = [
+                f"--policy.teacher_path={checkpoints['teacher']}",
+                f"--policy.teacher_cache_path={cache}",
+                "--policy.num_teacher_samples=4",
+                "--policy.num_student_samples=4",
+            ]
+        lerobot_train(
+            [*train_args(policy_type, REPO_ID, root, tmp_path / name, steps=3, batch_size=4), *extra],
+            tmp_path / f"{name}.log",
+            total_steps=3,
+        )
+        checkpoints[name] = last_checkpoint(tmp_path / name)
+        config = json.loads((checkpoints[name] / "config.json").read_text())
+        assert DEPTH_MAP not in config["input_features"] and depth_key("top") in config["input_features"]
+        assert config["depth_maps"] == {DEPTH_MAP: [0.01, 10.0]} and config["depth_unit"] == "mm"
+        assert config["pointcloud"]["fixed_cameras"]["top"]["intrinsics"] == recorded["intrinsics"].tolist()
+        steps = json.loads((checkpoints[name] / "policy_preprocessor.json").read_text())["steps"]
+        assert [s["registry_name"] for s in steps if s.get("registry_name", "").startswith("flowstep")] == [
+            "flowstep_depth_maps",
+            "flowstep_pointcloud",
+        ]
+    for name, checkpoint in checkpoints.items():
+        info = lerobot_eval(
+            [*eval_args(checkpoint, "flowstep_obstacle", 2, 2, seed=7), "--env.camera=true", "--env.image_size=64"],
+            tmp_path / f"eval_{name}",
+            tmp_path / f"eval_{name}.log",
+        )
+        assert info["overall"]["n_episodes"] == 2
