@@ -302,6 +302,10 @@ def diagnose_distillation(
         if "paired_error_train" not in known:
             errors = paired_errors(policy, teacher, train_batch(), args.diagnosis_samples, seed=0)
             known["paired_error_train"] = errors.mean().item()
+        if "paired_error_executed" not in known:
+            # Over the executed actions only: the whole-chunk mean stopped ranking the students (run 5).
+            errors = paired_errors(policy, teacher, batch, args.diagnosis_samples, seed=0, executed_only=True)
+            known["paired_error_executed"] = errors.mean().item()
         return known
 
     @functools.cache
@@ -328,7 +332,8 @@ def diagnose_distillation(
 
     def missing(section: str, key: str) -> bool:
         entry = report.get(section, {}).get(key, {})
-        return not {"paired_error_deployed", "paired_error_train", "paired_error_by_distance"} <= entry.keys()
+        wanted = {"paired_error_deployed", "paired_error_train", "paired_error_by_distance", "paired_error_executed"}
+        return not wanted <= entry.keys()
 
     def save(section: str, key: str, value: dict) -> None:
         # Merged into the file as it is now: a concurrent run (another recipe variant) may have added entries.

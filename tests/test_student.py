@@ -322,6 +322,33 @@ def test_paired_error_compares_noise_to_chunk_maps_not_distributions(teacher_dir
     assert paired_errors(mirrored, student.teacher, batch, 8, num_steps=1, solver="euler").mean() > 1e-3
 
 
+def test_the_executed_paired_error_sees_only_the_actions_a_rollout_executes(teacher_dir):
+    from lerobot_flowstep.tools.diagnostics import paired_errors
+
+    student = _student(teacher_dir).eval()
+    student.initialize_from_teacher()
+    config, batch = student.config, _batch()
+    start, stop = config.n_obs_steps - 1, config.n_obs_steps - 1 + config.n_action_steps
+    euler = {"num_steps": 1, "solver": "euler"}
+    for window, changed in (((0, start), False), ((stop, config.horizon), False), ((start, start + 1), True)):
+        shifted = _student(teacher_dir).eval()
+        shifted.initialize_from_teacher()
+
+        def generate(cond, noise, window=window):
+            chunk = student.generate(cond, noise).clone()
+            chunk[:, window[0] : window[1]] += 0.5
+            return chunk
+
+        shifted.generate = generate
+        executed = paired_errors(shifted, student.teacher, batch, 4, executed_only=True, **euler)
+        whole = paired_errors(shifted, student.teacher, batch, 4, **euler)
+        assert whole.min() > 1e-3
+        if changed:  # one of n_action_steps executed actions off by 0.5 in each of 2 dimensions
+            assert executed == pytest.approx(torch.full_like(executed, 0.5 / config.n_action_steps), rel=1e-4)
+        else:
+            assert executed.max() < 1e-10
+
+
 def test_mismatched_teacher_fails_at_start_up_naming_both(teacher_dir):
     with pytest.raises(ValueError, match=r"action shape: teacher \(2,\) vs student/dataset \(3,\)"):
         ImleStudentPolicy(

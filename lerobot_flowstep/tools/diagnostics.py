@@ -65,17 +65,28 @@ def paired_errors(
     batch: dict[str, Tensor],
     num_samples: int = 32,
     seed: int = 0,
+    executed_only: bool = False,
     **teacher_generate_kwargs,
 ) -> Tensor:
     """How far `policy`'s noise-to-chunk map is from `teacher`'s, per observation of the batch (B,): both fed the
     same latents, the mean squared distance between their chunks (`core.imle.paired_distances`) over the
-    latents. Zero only for a policy that reproduces each of the teacher's samples, not just their distribution."""
+    latents. Zero only for a policy that reproduces each of the teacher's samples, not just their distribution.
+
+    `executed_only`: over the actions a rollout executes (`n_action_steps` from the current frame) instead of the
+    whole chunk, whose first `n_obs_steps - 1` steps lie in the past and whose tail is re-planned before it is
+    reached. A task decided by a few actions (PushT at contact) can hinge on an error the whole-chunk mean dilutes."""
     cond = policy.encode(batch)
     generator = torch.Generator(device=cond.device).manual_seed(seed)
     noise = policy.sample_noise(cond.shape[0] * num_samples, cond.device, generator)
     teacher_samples = teacher.sample(batch, num_samples, noise=noise, **teacher_generate_kwargs)
     policy_samples = policy.sample(batch, num_samples, cond=cond, noise=noise)
     mask = ~batch["action_is_pad"] if "action_is_pad" in batch else None
+    if executed_only:
+        config = policy.config
+        start = config.n_obs_steps - 1
+        executed = torch.zeros(config.horizon, dtype=torch.bool, device=cond.device)
+        executed[start : start + config.n_action_steps] = True
+        mask = executed.expand(cond.shape[0], -1) if mask is None else mask & executed
     return paired_distances(teacher_samples, policy_samples, mask).mean(dim=1)
 
 
