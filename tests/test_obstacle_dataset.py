@@ -168,3 +168,12 @@ def test_interrupted_overwrite_keeps_previous_dataset(tmp_path: Path, monkeypatc
     gc.collect()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]
     assert LeRobotDataset(REPO_ID, root=root).num_episodes == 2
+
+
+def test_expert_episodes_close_their_env_when_stopped_early(monkeypatch: pytest.MonkeyPatch) -> None:
+    closed = []
+    monkeypatch.setattr(obstacle_dataset.ObstacleReachEnv, "close", lambda self: closed.append(True))
+    episodes = expert_episodes(3)
+    next(episodes)
+    episodes.close()  # what `generate_obstacle_dataset` does when a write fails mid-way
+    assert closed == [True]

@@ -165,8 +165,8 @@ def rollout_mode_report(
     env_cfg = ObstacleEnvConfig(num_modes=num_modes)
     envs = make_env(env_cfg, n_envs=min(batch_size, n_episodes))
     env = envs[env_cfg.type][0]
-    env_pre, env_post = make_env_pre_post_processors(env_cfg, policy.config)
     try:
+        env_pre, env_post = make_env_pre_post_processors(env_cfg, policy.config)
         info = eval_policy(
             env,
             policy,
