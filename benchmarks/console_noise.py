@@ -79,10 +79,8 @@ def readme_commands(out: Path, lerobot_args: list[str], metaworld: bool) -> list
                 str(data),
                 "--output",
                 str(cache),
-                "--num-samples",
-                "2",
             ],
-        ),  # fmt: skip
+        ),
         (
             "train student",
             [
@@ -94,7 +92,7 @@ def readme_commands(out: Path, lerobot_args: list[str], metaworld: bool) -> list
                 f"--output_dir={student}",
                 *common,
             ],
-        ),  # fmt: skip
+        ),
         (
             "eval student",
             [
@@ -103,7 +101,7 @@ def readme_commands(out: Path, lerobot_args: list[str], metaworld: bool) -> list
                 "--env.type=flowstep_obstacle",
                 *eval_common,
             ],
-        ),  # fmt: skip
+        ),
         (
             "diagnose",
             [
@@ -126,7 +124,7 @@ def readme_commands(out: Path, lerobot_args: list[str], metaworld: bool) -> list
                 "--rollouts",
                 "2",
             ],
-        ),  # fmt: skip
+        ),
     ]
     if metaworld:
         mw_data, mw_teacher = out / "metaworld/data", out / "metaworld/teacher_pc"
@@ -144,7 +142,7 @@ def readme_commands(out: Path, lerobot_args: list[str], metaworld: bool) -> list
                     "--output",
                     str(mw_data),
                 ],
-            ),  # fmt: skip
+            ),
             (
                 "train metaworld teacher",
                 [
@@ -160,7 +158,7 @@ def readme_commands(out: Path, lerobot_args: list[str], metaworld: bool) -> list
                     "--save_freq=2",
                     "--policy.device=cpu",
                 ],
-            ),  # fmt: skip
+            ),
             (
                 "eval metaworld teacher",
                 [
@@ -174,7 +172,7 @@ def readme_commands(out: Path, lerobot_args: list[str], metaworld: bool) -> list
                     "--env.episode_length=5",
                     "--policy.device=cpu",
                 ],
-            ),  # fmt: skip
+            ),
         ]
     # lerobot-train takes the extra arguments (a dataset's decoder is a training option).
     return [(name, cmd + lerobot_args if cmd[0] == train else cmd) for name, cmd in commands]
