@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 start=$(date +%s)
+stage() { echo "[pip install test] $1 ($(($(date +%s) - start)) s)"; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 venv="$work/venv"
@@ -21,6 +22,7 @@ uv build --wheel --quiet --out-dir "$work/dist"
 wheel=$(ls "$work"/dist/lerobot_policy_flowstep-*.whl)
 unzip -l "$wheel" | grep -q "lerobot_flowstep/configs/pusht/teacher.json" || { echo "configs/ missing from $wheel"; exit 1; }
 
+stage "wheel built"
 uv venv --quiet --seed --python 3.12 "$venv"
 # uv.lock's versions, so that uv's cache has them; not MuJoCo's or MetaWorld's, so that LeRobot's extra gets what
 # it resolves to for a LeRobot user (MuJoCo 4.x today, with which MetaWorld 3.0 cannot create an env).
@@ -28,12 +30,14 @@ uv export --frozen --no-hashes --all-extras --no-dev --no-emit-project --format 
     | grep -vE '^(mujoco|metaworld)==' >"$work/constraints.txt"
 uv pip install --quiet --python "$py" --constraint "$work/constraints.txt" "lerobot[metaworld]==0.6.1"
 "$py" -m pip freeze --all >"$work/before.txt"
+stage "LeRobot installed (uv)"
 
 # Both requirements in one pip call: pip resolves our extras together with LeRobot's (with only ours named, pip
 # would leave LeRobot's pins unchecked), then `pip check` holds every installed package to its requirements.
 "$py" -m pip install --quiet "lerobot[metaworld]==0.6.1" "$wheel[metaworld]"
 "$py" -m pip check
 "$py" -m pip freeze --all >"$work/after.txt"
+stage "ours installed (pip)"
 
 "$py" - "$work/before.txt" "$work/after.txt" <<'EOF'
 """Nothing the LeRobot install had goes down, except a MuJoCo of 3.17 or newer: MetaWorld 3 fails at env creation
@@ -83,6 +87,7 @@ import mujoco
 print(f"discovered {sorted(policies)} and {sorted(envs)}; flowstep_metaworld stepped on MuJoCo {mujoco.__version__}")
 EOF
 
+stage "discovery and MetaWorld env checked"
 configs="$work/configs"
 "$venv/bin/lerobot-flowstep" config write --all --output "$configs" >/dev/null
 packaged=$("$venv/bin/lerobot-flowstep" config path pusht/teacher)
@@ -96,4 +101,5 @@ cd "$work"
     --output_dir=outputs/teacher --steps=2 --batch_size=8 --save_freq=2 --env_eval_freq=0 --wandb.enable=false \
     >train.log 2>&1 || { tail -40 train.log; exit 1; }
 test -f outputs/teacher/checkpoints/last/pretrained_model/model.safetensors
+stage "two lerobot-train steps"
 echo "pip install test passed in $(($(date +%s) - start)) s"
