@@ -124,13 +124,14 @@ def main() -> None:
             # What torchcodec itself makes of the depth stream, beside the 12-bit codes pyav reads.
             from torchcodec.decoders import VideoDecoder
 
-            codes = decode_video_frames(depth_video, [0.0], 1e-4, "pyav", is_depth=True).int()
+            codes = decode_video_frames(depth_video, [0.0], 1e-4, "pyav", is_depth=True)
+            codes_dtype, codes = str(codes.dtype), codes.int()  # torch has no min() of uint16
             own = VideoDecoder(str(depth_video))[0]
             print(
                 json.dumps(
                     {
                         "depth frame 0": {
-                            "pyav (LeRobot)": ["uint16", list(codes.shape), int(codes.min()), int(codes.max())],
+                            "pyav (LeRobot)": [codes_dtype, list(codes.shape), int(codes.min()), int(codes.max())],
                             "torchcodec VideoDecoder": [
                                 str(own.dtype),
                                 list(own.shape),
