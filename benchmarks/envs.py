@@ -44,16 +44,15 @@ def metaworld_step(cameras: list[str], image_size: int, repeats: int) -> dict:
     """One `flowstep_metaworld` step with the expert's action: physics, then RGB-D of every camera."""
     from lerobot_flowstep.metaworld.env import MetaworldRGBDEnv
 
-    env = MetaworldRGBDEnv("push-v3", cameras=cameras, image_size=image_size)
-    env.reset(seed=0)
+    with MetaworldRGBDEnv("push-v3", cameras=cameras, image_size=image_size) as env:
+        env.reset(seed=0)
 
-    def step(i: int) -> None:
-        if i % 100 == 0:
-            env.reset(seed=i)
-        env.step(env.expert_action())
+        def step(i: int) -> None:
+            if i % 100 == 0:
+                env.reset(seed=i)
+            env.step(env.expert_action())
 
-    ms = median_ms(step, repeats)
-    env.close()
+        ms = median_ms(step, repeats)
     size = f"{image_size}x{image_size}"
     return {
         "env": "flowstep_metaworld",
@@ -69,22 +68,21 @@ def metaworld_parts(image_size: int, repeats: int) -> list[dict]:
 
     from lerobot_flowstep.metaworld.env import MetaworldRGBDEnv
 
-    env = MetaworldRGBDEnv("push-v3", cameras=["corner2"], image_size=image_size)
-    expert = getattr(metaworld.policies, env.task.expert)()
-    env.reset(seed=0)
-    world = env.unwrapped_metaworld
-    raw = world._get_obs()  # MetaWorld's own observation, which its scripted policy reads
+    with MetaworldRGBDEnv("push-v3", cameras=["corner2"], image_size=image_size) as env:
+        expert = getattr(metaworld.policies, env.task.expert)()
+        env.reset(seed=0)
+        world = env.unwrapped_metaworld
+        raw = world._get_obs()  # MetaWorld's own observation, which its scripted policy reads
 
-    def physics(i: int) -> None:
-        nonlocal raw
-        if i % 100 == 0:
-            env.reset(seed=i)
-            raw = world._get_obs()
-        raw = world.step(np.clip(expert.get_action(raw), -1.0, 1.0))[0]
+        def physics(i: int) -> None:
+            nonlocal raw
+            if i % 100 == 0:
+                env.reset(seed=i)
+                raw = world._get_obs()
+            raw = world.step(np.clip(expert.get_action(raw), -1.0, 1.0))[0]
 
-    physics_ms = median_ms(physics, repeats)
-    render_ms = median_ms(lambda i: env.renderer.render(world.data, "corner2"), repeats)
-    env.close()
+        physics_ms = median_ms(physics, repeats)
+        render_ms = median_ms(lambda i: env.renderer.render(world.data, "corner2"), repeats)
     return [
         {
             "env": "flowstep_metaworld",

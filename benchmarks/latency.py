@@ -172,18 +172,17 @@ def rlbench_frames(episode_dir: Path | None, device: str) -> list[dict[str, torc
 
 def fake_rlbench_frames(device: str, count: int = 70) -> list[dict[str, torch.Tensor]]:
     """Frames of the fake backend, one seeded scene each, mapped to the policy's keys as the env config does."""
-    env = RLBenchEnv(cameras=list(RLBENCH_CAMERAS), image_size=128, backend="fake")
     frames = []
-    for seed in range(count):
-        obs, _ = env.reset(seed=seed)
-        frame = {OBS_STATE: torch.from_numpy(obs["agent_pos"][None]).float()}
-        for cam in RLBENCH_CAMERAS:
-            frame[rgb_key(cam)] = torch.from_numpy(obs["pixels"][cam]).permute(2, 0, 1)[None].float() / 255.0
-            frame[depth_key(cam)] = torch.from_numpy(obs[f"depth.{cam}"][None]).float()
-            frame[intrinsics_key(cam)] = torch.from_numpy(obs[f"camera.{cam}.intrinsics"][None]).float()
-            frame[extrinsics_key(cam)] = torch.from_numpy(obs[f"camera.{cam}.extrinsics"][None]).float()
-        frames.append({k: v.to(device) for k, v in frame.items()})
-    env.close()
+    with RLBenchEnv(cameras=list(RLBENCH_CAMERAS), image_size=128, backend="fake") as env:
+        for seed in range(count):
+            obs, _ = env.reset(seed=seed)
+            frame = {OBS_STATE: torch.from_numpy(obs["agent_pos"][None]).float()}
+            for cam in RLBENCH_CAMERAS:
+                frame[rgb_key(cam)] = torch.from_numpy(obs["pixels"][cam]).permute(2, 0, 1)[None].float() / 255.0
+                frame[depth_key(cam)] = torch.from_numpy(obs[f"depth.{cam}"][None]).float()
+                frame[intrinsics_key(cam)] = torch.from_numpy(obs[f"camera.{cam}.intrinsics"][None]).float()
+                frame[extrinsics_key(cam)] = torch.from_numpy(obs[f"camera.{cam}.extrinsics"][None]).float()
+            frames.append({k: v.to(device) for k, v in frame.items()})
     return frames
 
 

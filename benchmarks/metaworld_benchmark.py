@@ -36,6 +36,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from lerobot_flowstep.datasets.video import video_backend  # noqa: E402
 from lerobot_flowstep.metaworld.demos import (  # noqa: E402
     WORKSPACE_HIGH,
     WORKSPACE_LOW,
@@ -188,7 +189,7 @@ def chunk_latency_ms(checkpoint: Path, overrides: list[str], data: Path, task: s
     fields = dict(o.removeprefix("--policy.").split("=") for o in overrides)
     policy, preprocessor, _ = load_checkpoint(checkpoint, device=device, **{k: int(v) for k, v in fields.items()})
     slug = task.removesuffix("-v3").replace("-", "_")
-    frame = LeRobotDataset(f"local/metaworld_{slug}", root=data)[0]
+    frame = LeRobotDataset(f"local/metaworld_{slug}", root=data, video_backend=video_backend())[0]
     batch = preprocessor({k: v[None] if isinstance(v, torch.Tensor) else v for k, v in frame.items()})
     stats = chunk_latency(policy.eval(), batch, warmup=5, repeats=50).as_dict()
     path.write_text(json.dumps(stats))

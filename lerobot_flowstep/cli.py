@@ -103,6 +103,22 @@ def _diagnose(args: argparse.Namespace) -> None:
         Path(args.output).write_text(json.dumps(report, indent=2))
 
 
+def _config(args: argparse.Namespace) -> None:
+    from lerobot_flowstep.tools.configs import config_names, config_path, write_all_configs, write_config
+
+    if args.action == "list":
+        print("\n".join(config_names()))
+    elif args.action == "path":
+        print(config_path(args.name))
+    elif args.all == bool(args.name):
+        raise ValueError("config write takes one config name or --all, not both or neither.")
+    elif args.all:
+        written = write_all_configs(Path(args.output), overwrite=args.overwrite)
+        print(f"Wrote {len(written)} configs under {args.output}.")
+    else:
+        print(f"Wrote {write_config(args.name, Path(args.output), overwrite=args.overwrite)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lerobot-flowstep", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -185,6 +201,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     add_hub_parsers(sub)
+
+    config = sub.add_parser(
+        "config", help="the shipped lerobot-train configs (configs/ of the repository): list, path, write"
+    )
+    config_sub = config.add_subparsers(dest="action", required=True)
+    config_sub.add_parser("list", help="every shipped config name (<group>/<name>)").set_defaults(func=_config)
+    path = config_sub.add_parser(
+        "path", help="the installed file, for --config_path=$(lerobot-flowstep config path ...)"
+    )
+    path.add_argument("name", help="e.g. pusht/teacher")
+    path.set_defaults(func=_config)
+    write = config_sub.add_parser("write", help="copy one config, or all of them as configs/<group>/<name>.json")
+    write.add_argument("name", nargs="?", help="e.g. pusht/teacher_unet")
+    write.add_argument("--all", action="store_true", help="every config, under --output as <group>/<name>.json")
+    write.add_argument("--output", required=True, help="the .json file (or, with --all, the folder) to write")
+    write.add_argument("--overwrite", action="store_true")
+    write.set_defaults(func=_config)
     return parser
 
 

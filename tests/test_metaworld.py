@@ -184,6 +184,43 @@ def test_bad_task_camera_and_gl_backend_are_named():
     assert "MUJOCO_GL='bogus' (set by you)" in run.stderr and "egl, osmesa, glfw" in run.stderr
 
 
+def test_an_env_left_open_prints_nothing_at_exit(tmp_path):
+    # Unclosed, the GL context used to be freed by GLContext.__del__ during interpreter shutdown, after EGL's
+    # module globals were gone: "Exception ignored in: <function GLContext.__del__ ...> ... 'NoneType' object is
+    # not callable" on every run that did not close its env.
+    script = (
+        "from lerobot_flowstep.metaworld.env import MetaworldRGBDEnv\n"
+        "env = MetaworldRGBDEnv('push-v3', image_size=16)\n"
+        "env.reset(seed=0)\n"
+        "print('exiting')\n"
+    )
+    # Run as a file, as users run scripts: with `python -c` the interpreter happened to tear down in an order that
+    # hid the traceback.
+    (tmp_path / "script.py").write_text(script)
+    run = subprocess.run([sys.executable, tmp_path / "script.py"], capture_output=True, text=True, env=os.environ)
+    assert run.returncode == 0 and run.stdout.strip() == "exiting", run.stderr
+    assert "Traceback" not in run.stderr and "Exception ignored" not in run.stderr, run.stderr
+
+
+def test_a_failed_env_closes_what_it_opened(monkeypatch):
+    from lerobot_flowstep.metaworld import env as env_module
+
+    opened = []
+
+    def make_and_watch(task: str, seed: int = 0):
+        world = make_metaworld_env(task, seed)
+        closes = []
+        world.close = lambda: closes.append(True)
+        opened.append(closes)
+        return world
+
+    make_metaworld_env = env_module.make_metaworld_env
+    monkeypatch.setattr(env_module, "make_metaworld_env", make_and_watch)
+    with pytest.raises(ValueError, match="not in the MetaWorld model"):
+        MetaworldRGBDEnv(TASK, cameras=["nope"], image_size=16)
+    assert opened == [[True]]
+
+
 @pytest.fixture(scope="module")
 def dataset_root(tmp_path_factory):
     from lerobot_flowstep.metaworld.demos import generate_metaworld_dataset, metaworld_pointcloud_config

@@ -168,3 +168,48 @@ def test_interrupted_overwrite_keeps_previous_dataset(tmp_path: Path, monkeypatc
     gc.collect()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]
     assert LeRobotDataset(REPO_ID, root=root).num_episodes == 2
+
+
+def test_expert_episodes_close_their_env_when_stopped_early(monkeypatch: pytest.MonkeyPatch) -> None:
+    closed = []
+    monkeypatch.setattr(obstacle_dataset.ObstacleReachEnv, "close", lambda self: closed.append(True))
+    episodes = expert_episodes(3)
+    next(episodes)
+    episodes.close()  # what `generate_obstacle_dataset` does when a write fails mid-way
+    assert closed == [True]
+
+
+def test_our_commands_never_ask_lerobot_for_its_noisy_default_decoder(tmp_path: Path, monkeypatch) -> None:
+    # Without a system FFmpeg, each call of LeRobot's default prints torchcodec's failure: ~60 traceback lines.
+    import lerobot.datasets.lerobot_dataset as lerobot_dataset
+    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
+
+    from lerobot_flowstep.policies.flowstep_teacher.configuration_flowstep_teacher import FlowstepTeacherConfig
+    from lerobot_flowstep.tools.training import load_samples
+
+    def consulted() -> str:
+        raise AssertionError("LeRobot's default decoder was consulted")
+
+    monkeypatch.setattr(lerobot_dataset, "get_safe_default_video_backend", consulted)
+    root = generate_obstacle_dataset(tmp_path / "d", num_episodes=2, camera=True, image_size=16)
+
+    meta = LeRobotDatasetMetadata("local/flowstep_obstacle", root=root)
+    config = FlowstepTeacherConfig(device="cpu")
+    samples = load_samples("local/flowstep_obstacle", root, config, meta, observation_keys=["observation.state"])
+    assert samples["action"].shape[0] == meta.total_frames
+
+
+def test_the_quiet_decoder_choice_is_lerobot_s(monkeypatch, caplog) -> None:
+    from lerobot_flowstep.datasets import video
+
+    def torchcodec_without_ffmpeg(name: str):
+        raise RuntimeError("Could not load libtorchcodec. Likely causes:\n  1. FFmpeg is not properly installed")
+
+    monkeypatch.setattr(video.importlib, "import_module", torchcodec_without_ffmpeg)
+    with caplog.at_level("INFO", logger=video.__name__):
+        assert video.video_backend.__wrapped__() == "pyav"
+    assert [r.getMessage() for r in caplog.records] == [
+        "Decoding videos with pyav: torchcodec does not load (Could not load libtorchcodec. Likely causes:)."
+    ]
+    monkeypatch.setattr(video.importlib, "import_module", lambda name: None)
+    assert video.video_backend.__wrapped__() == "torchcodec"

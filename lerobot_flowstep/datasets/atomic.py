@@ -27,6 +27,8 @@ from typing import Any
 import datasets
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
+from lerobot_flowstep.datasets.video import video_backend
+
 logger = logging.getLogger(__name__)
 OWNER_FILE = "writer.pid"
 
@@ -158,7 +160,7 @@ def atomic_lerobot_dataset(
     previous_handler = signal.signal(signal.SIGTERM, _exit_on_sigterm) if main_thread else None
     try:
         with quiet_datasets_progress_bars():
-            dataset = LeRobotDataset.create(root=built, **create_kwargs)
+            dataset = LeRobotDataset.create(root=built, **{"video_backend": video_backend(), **create_kwargs})
             yield dataset
             dataset.finalize()
         _move_into_place(built, root, staging)

@@ -13,6 +13,7 @@ Columns (frame t holds the observation the expert acted on and that action):
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +77,11 @@ def expert_episodes(
     # One independent seed per episode makes any single episode reproducible on its own.
     episode_seeds = env_seeds.generate_state(num_episodes)
     expert = ScriptedExpert(env.layout, seed=np.random.default_rng(expert_seed))
-    for episode_seed in episode_seeds:
-        yield run_expert_episode(env, expert, seed=int(episode_seed))
+    try:
+        for episode_seed in episode_seeds:
+            yield run_expert_episode(env, expert, seed=int(episode_seed))
+    finally:  # also when the caller stops early or raises: closing the generator runs this
+        env.close()
 
 
 def generate_obstacle_dataset(
@@ -115,11 +119,12 @@ def generate_obstacle_dataset(
         robot_type="flowstep_obstacle",
         use_videos=False,
     ) as dataset:
-        episodes = expert_episodes(num_episodes, num_modes, camera, image_size, seed)
-        for index, episode in enumerate(tqdm(episodes, total=num_episodes, desc="expert episodes", unit="episode")):
-            if not episode.success:
-                raise RuntimeError(f"expert failed episode {index} (mode {episode.mode})")
-            for observation, action in zip(episode.observations[:-1], episode.actions, strict=True):
-                dataset.add_frame(_frame(observation, action, episode.mode, TASK_DESCRIPTION, camera))
-            dataset.save_episode()
+        with closing(expert_episodes(num_episodes, num_modes, camera, image_size, seed)) as episodes:
+            progress = tqdm(episodes, total=num_episodes, desc="expert episodes", unit="episode")
+            for index, episode in enumerate(progress):
+                if not episode.success:
+                    raise RuntimeError(f"expert failed episode {index} (mode {episode.mode})")
+                for observation, action in zip(episode.observations[:-1], episode.actions, strict=True):
+                    dataset.add_frame(_frame(observation, action, episode.mode, TASK_DESCRIPTION, camera))
+                dataset.save_episode()
     return root

@@ -14,6 +14,7 @@ from huggingface_hub import DatasetCard
 from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 
+from lerobot_flowstep.datasets.video import video_backend
 from lerobot_flowstep.hub.checkpoint import check_repo_id
 from lerobot_flowstep.hub.publish import UploadFile, human_size, require_online
 from lerobot_flowstep.hub.templates import DATASET_TEMPLATE, format_shape, render_template, table_cell
@@ -157,7 +158,7 @@ def push_dataset(
     if dry_run:
         return upload
     require_online()
-    LeRobotDataset(repo_id, root=root).push_to_hub(
+    LeRobotDataset(repo_id, root=root, video_backend=video_backend()).push_to_hub(
         tags=card_tags, license=license, private=private, push_videos=push_videos, **card_kwargs
     )
     return upload

@@ -4,11 +4,11 @@ tree), rendering it, and formatting values for its tables."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import jinja2
+
+from lerobot_flowstep.packaged import packaged_folder
 
 TEMPLATE_DIR = "hub_cards"
 # The regression baseline shares the student's card: same network, one forward pass; the card says what differs.
@@ -18,13 +18,10 @@ DATASET_TEMPLATE = "dataset.md"
 
 def load_template(name: str) -> str:
     """A card template: packaged inside the wheel (`lerobot_flowstep/hub_cards/`), else from the source tree."""
-    packaged = resources.files("lerobot_flowstep").joinpath(TEMPLATE_DIR, name)
-    if packaged.is_file():
-        return packaged.read_text(encoding="utf-8")
-    source = Path(__file__).resolve().parents[2] / TEMPLATE_DIR / name
-    if source.is_file():
-        return source.read_text(encoding="utf-8")
-    raise FileNotFoundError(f"Card template '{name}' is neither in the installed package nor at {source}.")
+    path = packaged_folder(TEMPLATE_DIR) / name
+    if not path.is_file():
+        raise FileNotFoundError(f"Card template '{name}' is not in {path.parent}.")
+    return path.read_text(encoding="utf-8")
 
 
 def render_template(name: str, context: Mapping[str, Any]) -> str:

@@ -17,7 +17,8 @@ from lerobot_flowstep.metaworld.tasks import metaworld_task
 if METAWORLD_GYM_ID not in registry:
     register(id=METAWORLD_GYM_ID, entry_point="lerobot_flowstep.metaworld.env:MetaworldRGBDEnv", max_episode_steps=200)
 
-KNOWN_CAMERAS = ("topview", "corner", "corner2", "corner3", "corner4", "behindGripper", "gripperPOV")
+# The cameras of metaworld 3.0 (LeRobot 0.6's pin); 3.1 adds `corner4`, left out so configs work on both.
+KNOWN_CAMERAS = ("topview", "corner", "corner2", "corner3", "behindGripper", "gripperPOV")
 
 
 @EnvConfig.register_subclass("flowstep_metaworld")

@@ -93,7 +93,11 @@ class MetaworldRGBDEnv(gym.Env):
         self.task_description = self.task.description
         self._mujoco = import_mujoco()
         self._env = make_metaworld_env(self.task.name)
-        self.renderer = CameraRenderer(self._env.model, self.cameras, image_size, image_size)
+        try:
+            self.renderer = CameraRenderer(self._env.model, self.cameras, image_size, image_size)
+        except BaseException:
+            self._env.close()  # gymnasium never closes an env whose constructor raised
+            raise
         size = (image_size, image_size)
         obs_spaces: dict[str, spaces.Space] = {
             "pixels": spaces.Dict({cam: spaces.Box(0, 255, shape=(*size, 3), dtype=np.uint8) for cam in self.cameras}),

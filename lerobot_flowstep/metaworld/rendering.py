@@ -16,8 +16,11 @@ Conventions (checked against MuJoCo's ray casting in the tests):
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -108,12 +111,22 @@ class CameraRenderer:
         model.vis.global_.offheight = max(model.vis.global_.offheight, height)
         # One GL context and one scene, as `mujoco.Renderer` sets them up, but rendered once per camera and frame
         # (see `render`).
+        gl = None
         try:
-            self._gl = mujoco.GLContext(width, height)
-            self._gl.make_current()
+            gl = mujoco.GLContext(width, height)
+            gl.make_current()
             self._context = mujoco.MjrContext(model, mujoco.mjtFontScale.mjFONTSCALE_150)
         except Exception as err:  # each GL backend fails in its own way when its library is missing
+            if gl is not None:
+                gl.free()
             raise _gl_error(err) from err
+        self._gl = gl
+        # A context nobody closed would be freed by GLContext.__del__ during interpreter shutdown, once EGL's
+        # module globals are gone: an "Exception ignored in GLContext.__del__" traceback at exit. It is freed at
+        # exit instead, while EGL still works (atexit runs the last-registered hook first, so this runs before
+        # the eglTerminate MuJoCo registers with its first context). The hook holds only a weak reference.
+        self._exit_hook = _close_at_exit(weakref.ref(self))
+        atexit.register(self._exit_hook)
         mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, self._context)
         self._context.readDepthMap = mujoco.mjtDepthMap.mjDEPTH_ZEROFAR
         self._mujoco, self._model = mujoco, model
@@ -169,11 +182,23 @@ class CameraRenderer:
         return rgb.copy(), depth.copy()  # copies: the read buffers are reused for the next frame
 
     def close(self) -> None:
-        # EGL complains at interpreter exit about contexts left open.
+        """Free the GL context; safe to call more than once."""
         if self._gl is not None:
+            atexit.unregister(self._exit_hook)
+            # MjrContext.free deletes its GL objects in the current context, which another env may have taken.
+            self._gl.make_current()
             self._context.free()
             self._gl.free()
             self._gl = None
+
+
+def _close_at_exit(ref: weakref.ref[CameraRenderer]) -> Callable[[], None]:
+    def close() -> None:
+        renderer = ref()
+        if renderer is not None:
+            renderer.close()
+
+    return close
 
 
 def linear_depth(z: np.ndarray, near: float, far: float) -> np.ndarray:

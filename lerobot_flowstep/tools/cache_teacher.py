@@ -12,6 +12,7 @@ from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetad
 from torch import Tensor
 from tqdm import tqdm
 
+from lerobot_flowstep.datasets.video import video_backend
 from lerobot_flowstep.policies.flowstep_teacher.modeling_flowstep_teacher import FlowstepTeacherPolicy
 from lerobot_flowstep.policies.imle_student.teacher_cache import cache_metadata, write_teacher_cache
 from lerobot_flowstep.tools.checkpoints import load_processors
@@ -89,7 +90,7 @@ def build_teacher_cache(
     teacher = FlowstepTeacherPolicy.from_pretrained(teacher_path).to(device).eval()
     preprocessor, _ = load_processors(teacher.config, teacher_path, device)
     deltas = resolve_delta_timestamps(teacher.config, LeRobotDatasetMetadata(repo_id, root=root))
-    dataset = LeRobotDataset(repo_id, root=root, delta_timestamps=deltas)
+    dataset = LeRobotDataset(repo_id, root=root, delta_timestamps=deltas, video_backend=video_backend())
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     desc = f"teacher samples ({num_samples} x {num_steps} {solver} steps)"
     batches = (preprocessor(batch) for batch in tqdm(loader, desc=desc, unit="batch"))

@@ -66,17 +66,16 @@ class DemoSettings:
 
 def random_policy_success(num_modes: int, episodes: int, seed: int) -> float:
     """Success rate of uniformly random target positions: the floor any learned policy must clear."""
-    env = gym.make(OBSTACLE_REACH_ID, num_modes=num_modes)
-    env.action_space.seed(seed)
     successes = 0
-    for episode in trange(episodes, desc="random policy", leave=False):
-        env.reset(seed=seed + episode)
-        done, info = False, {}
-        while not done:
-            _, _, terminated, truncated, info = env.step(env.action_space.sample())
-            done = terminated or truncated
-        successes += bool(info.get("is_success", False))
-    env.close()
+    with gym.make(OBSTACLE_REACH_ID, num_modes=num_modes) as env:
+        env.action_space.seed(seed)
+        for episode in trange(episodes, desc="random policy", leave=False):
+            env.reset(seed=seed + episode)
+            done, info = False, {}
+            while not done:
+                _, _, terminated, truncated, info = env.step(env.action_space.sample())
+                done = terminated or truncated
+            successes += bool(info.get("is_success", False))
     return successes / episodes
 
 
@@ -84,9 +83,8 @@ def obstacle_chunk_latency(policy, preprocessor, num_modes: int, repeats: int) -
     """Batch-1 latency of one chunk on an ObstacleReach observation."""
     from lerobot.envs.utils import preprocess_observation
 
-    env = gym.make(OBSTACLE_REACH_ID, num_modes=num_modes)
-    obs, _ = env.reset(seed=0)
-    env.close()
+    with gym.make(OBSTACLE_REACH_ID, num_modes=num_modes) as env:
+        obs, _ = env.reset(seed=0)
     batch = preprocessor(preprocess_observation({k: v[None] for k, v in obs.items()}))
     return chunk_latency(policy, batch, repeats=repeats).as_dict()
 

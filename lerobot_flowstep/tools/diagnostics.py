@@ -28,6 +28,7 @@ from lerobot.utils.constants import OBS_STATE
 from torch import Tensor
 
 from lerobot_flowstep.core.imle import chamfer_terms, energy_distance, paired_distances
+from lerobot_flowstep.datasets.video import video_backend
 from lerobot_flowstep.envs import ObstacleEnvConfig, ObstacleLayout, classify_trajectory
 from lerobot_flowstep.policies.common.policy_base import FlowstepBasePolicy
 
@@ -176,8 +177,8 @@ def rollout_mode_report(
     env_cfg = ObstacleEnvConfig(num_modes=num_modes)
     envs = make_env(env_cfg, n_envs=min(batch_size, n_episodes))
     env = envs[env_cfg.type][0]
-    env_pre, env_post = make_env_pre_post_processors(env_cfg, policy.config)
     try:
+        env_pre, env_post = make_env_pre_post_processors(env_cfg, policy.config)
         info = eval_policy(
             env,
             policy,
@@ -217,7 +218,11 @@ def held_out_batch(
     if unknown:
         raise ValueError(f"Episodes {unknown} are not in {repo_id} ({meta.total_episodes} episodes).")
     dataset = LeRobotDataset(
-        repo_id, root=root, episodes=episodes, delta_timestamps=resolve_delta_timestamps(config, meta)
+        repo_id,
+        root=root,
+        episodes=episodes,
+        delta_timestamps=resolve_delta_timestamps(config, meta),
+        video_backend=video_backend(),
     )
     generator = torch.Generator().manual_seed(seed)
     frames = torch.randperm(len(dataset), generator=generator)[:num_frames]

@@ -27,6 +27,8 @@ from lerobot.processor import PolicyProcessorPipeline
 from torch import Tensor
 from tqdm import trange
 
+from lerobot_flowstep.datasets.video import video_backend
+
 
 def load_samples(
     repo_id: str,
@@ -40,7 +42,9 @@ def load_samples(
     `observation_keys`: keep only these observation features (the policy's inputs), so that a camera dataset
     fits in memory; without it, a dataset with cameras is refused.
     """
-    dataset = LeRobotDataset(repo_id, root=root, delta_timestamps=resolve_delta_timestamps(config, meta))
+    dataset = LeRobotDataset(
+        repo_id, root=root, delta_timestamps=resolve_delta_timestamps(config, meta), video_backend=video_backend()
+    )
     if dataset.meta.camera_keys and observation_keys is None:
         raise ValueError(
             f"{root} holds camera features {dataset.meta.camera_keys}; in-memory training is for small datasets. "
