@@ -91,8 +91,9 @@ def test_an_old_cache_without_identity_loads_with_a_warning_and_a_frame_count_ch
     with caplog.at_level(logging.WARNING):
         check_cache_matches_dataset(old, meta_a)
     assert "predates dataset identities" in caplog.text
-    shorter = write_teacher_cache(cache.samples[:-3], torch.arange(len(cache.samples) - 3), tmp_path / "s.safetensors", {})
-    with pytest.raises(ValueError, match=f"holds {len(cache.samples) - 3} frames"):
+    kept = len(cache.samples) - 3
+    shorter = write_teacher_cache(cache.samples[:kept], torch.arange(kept), tmp_path / "s.safetensors", {})
+    with pytest.raises(ValueError, match=f"holds {kept} frames"):
         check_cache_matches_dataset(shorter, meta_a)
 
 
@@ -149,22 +150,21 @@ def test_one_shard_draws_what_the_unsharded_writer_drew(teacher, datasets, cache
 
 WORKER = textwrap.dedent(
     """
-    import sys, time
+    import json, sys, time
     from pathlib import Path
     from lerobot_flowstep.policies.flowstep_teacher.modeling_flowstep_teacher import FlowstepTeacherPolicy
     from lerobot_flowstep.tools.cache_teacher import build_teacher_cache
 
-    teacher, root, output, settings, delay = sys.argv[1], sys.argv[2], sys.argv[3], eval(sys.argv[4]), float(sys.argv[5])
+    teacher, repo_id, root, output, settings, delay = sys.argv[1:]
     sample_pairs = FlowstepTeacherPolicy.sample_pairs
 
     def slow(self, *args, **kwargs):  # a large teacher's pace, so that the job can be killed mid-way
-        time.sleep(delay)
+        time.sleep(float(delay))
         return sample_pairs(self, *args, **kwargs)
 
     FlowstepTeacherPolicy.sample_pairs = slow
-    build_teacher_cache(teacher, "%s", Path(root), Path(output), **settings)
+    build_teacher_cache(teacher, repo_id, Path(root), Path(output), **json.loads(settings))
     """
-    % REPO_ID
 )
 
 
@@ -172,7 +172,8 @@ def _worker(tmp_path: Path, teacher: Path, root: Path, output: Path, settings: d
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = offline_env({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
-    args = [sys.executable, str(script), str(teacher), str(root), str(output), repr(settings), str(delay)]
+    args = [str(teacher), REPO_ID, str(root), str(output), json.dumps(settings), str(delay)]
+    args = [sys.executable, str(script), *args]
     return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -181,8 +182,9 @@ def test_a_killed_cache_job_resumes_on_two_processes_to_the_uninterrupted_result
     """SIGKILL after the first shard is written; two processes then finish the job together, and the cache
     equals one drawn in one go (each shard draws from its own seed)."""
     torch.set_num_threads(1)  # as the workers run: the same kernels give the same samples
-    settings = SETTINGS | {"shard_size": 16, "resume": True}
-    reference = build_teacher_cache(str(teacher), REPO_ID, datasets["a"], tmp_path / "reference.safetensors", **settings)
+    settings = SETTINGS | {"shard_size": 32, "resume": True}
+    reference_path = tmp_path / "reference.safetensors"
+    reference = build_teacher_cache(str(teacher), REPO_ID, datasets["a"], reference_path, **settings)
     output = tmp_path / "resumed.safetensors"
     job = shard_dir(output)
     first = _worker(tmp_path, teacher, datasets["a"], output, settings, delay=0.5)
@@ -194,9 +196,9 @@ def test_a_killed_cache_job_resumes_on_two_processes_to_the_uninterrupted_result
     first.send_signal(signal.SIGKILL)
     first.wait()
     done = sorted(p.name for p in job.glob("shard-*.safetensors"))
-    num_shards = -(-len(TeacherCache(reference).samples) // 16)
+    num_shards = -(-len(TeacherCache(reference).samples) // 32)
     assert 1 <= len(done) < num_shards and not output.exists()
-    workers = [_worker(tmp_path, teacher, datasets["a"], output, settings, delay=0.1) for _ in range(2)]
+    workers = [_worker(tmp_path, teacher, datasets["a"], output, settings, delay=0.05) for _ in range(2)]
     for worker in workers:
         assert worker.wait(timeout=300) == 0, worker.stderr.read()
     resumed, expected = TeacherCache(output), TeacherCache(reference)

@@ -68,9 +68,7 @@ def dataset_identity(meta) -> dict[str, object]:
     """What identifies the frames of a dataset (`LeRobotDatasetMetadata`): frame and episode counts, a digest of
     the episode boundaries and one of every frame's action. A cache looks its samples up by global frame index
     only, so these are what must agree for index i to be the same frame."""
-    boundaries = np.array(
-        [meta.episodes["dataset_from_index"], meta.episodes["dataset_to_index"]], dtype=np.int64
-    )
+    boundaries = np.array([meta.episodes["dataset_from_index"], meta.episodes["dataset_to_index"]], dtype=np.int64)
     actions = dataset_actions(meta.root)
     return {
         "repo_id": meta.repo_id,
