@@ -30,7 +30,10 @@ student inherits its teacher's network), in its own `--output`; `--device cuda` 
 diagnosis, evaluation and latency on a GPU.
 
 Every stage skips work whose output exists (checkpoints, the cache, `diagnosis.json` entries,
-`eval_info.json`), so an interrupted run resumes.
+`eval_info.json`), so an interrupted run resumes; within a stage, training resumes from its last resume point
+(`--resume-every` steps) and the teacher cache from its last shard (`--cache-shard-size` frames). The cache can
+be drawn on two cores by running the command twice with `--cache-only`, and planned with `--cache-plan N`
+(the cost per frame and the ETA of the whole cache, from N timed batches).
 
     uv run python benchmarks/pusht.py --zarr ../shared/data/pusht/pusht_cchi_v7_replay.zarr
 """
@@ -61,7 +64,7 @@ from tqdm import tqdm
 from lerobot_flowstep.core.flow_matching import SOLVERS
 from lerobot_flowstep.datasets.zarr import convert_zarr
 from lerobot_flowstep.policies.imle_student.teacher_cache import cache_has_latents
-from lerobot_flowstep.tools.cache_teacher import cache_from_samples
+from lerobot_flowstep.tools.cache_teacher import cache_from_samples, memory_frames, plan_cache
 from lerobot_flowstep.tools.checkpoints import load_checkpoint
 from lerobot_flowstep.tools.diagnostics import (
     held_out_batch,
@@ -123,9 +126,14 @@ def cached_samples(output: Path, cfg: TrainPipelineConfig, meta: LeRobotDatasetM
     return samples
 
 
-def train(cfg: TrainPipelineConfig, run_dir: Path, samples: dict, label: str, save_every: int = 0) -> Path:
+def train(
+    cfg: TrainPipelineConfig, run_dir: Path, samples: dict, label: str, save_every: int = 0, resume_every: int = 0
+) -> Path:
     """Train (unless done) and return the checkpoint, at the path lerobot-train would give it; the wall time
-    goes to `run_dir/timings.json`.
+    goes to `run_dir/timings.json` (of the last session only, when the run was resumed).
+
+    With `resume_every`, the training state is kept in `run_dir/resume` every that many steps, and a killed
+    run continues from it (`train_policy_on_dataset`).
 
     With `save_every`, intermediate checkpoints go where lerobot-train writes them
     (`checkpoints/<step>/pretrained_model`), for the curves against training steps.
@@ -141,7 +149,7 @@ def train(cfg: TrainPipelineConfig, run_dir: Path, samples: dict, label: str, sa
 
         _, checkpoint, losses = train_policy_on_dataset(
             config, cfg.dataset.repo_id, root, checkpoint.parent, cfg.steps, cfg.batch_size, cfg.seed, label,
-            samples, cfg.dataset.episodes, save_intermediate,
+            samples, cfg.dataset.episodes, save_intermediate, run_dir / "resume", resume_every,
         )  # fmt: skip
         record_timing(run_dir, f"{label}_train_s", time.perf_counter() - start)
         (run_dir / "losses.json").write_text(json.dumps(losses))
@@ -419,6 +427,34 @@ def main() -> None:
     )
     parser.add_argument("--cache-steps", type=int, default=10, help="ODE steps per cached teacher sample")
     parser.add_argument("--cache-solver", choices=SOLVERS, default="heun", help="ODE solver of the cached samples")
+    parser.add_argument(
+        "--cache-shard-size",
+        type=int,
+        default=1024,
+        help="frames per cache shard: each is written as soon as it is drawn, so a killed run loses at most one",
+    )
+    parser.add_argument("--cache-batch-size", type=int, default=512, help="frames per teacher call in the cache")
+    parser.add_argument(
+        "--cache-only",
+        action="store_true",
+        help="stop once the cache is drawn: run the same command twice with it to draw the cache on two cores "
+        "(each process claims the next free shard), then once without it",
+    )
+    parser.add_argument(
+        "--cache-plan",
+        type=int,
+        default=0,
+        metavar="BATCHES",
+        help="time this many cache batches (after a warm-up one), print the cost per frame and the cache's ETA, "
+        "and stop; writes nothing",
+    )
+    parser.add_argument(
+        "--resume-every",
+        type=int,
+        default=500,
+        help="training steps between resume points (weights, optimizer, scheduler, RNG): a killed run continues "
+        "from the last one; 0: none",
+    )
     parser.add_argument("--student-steps", type=int, help="distillation steps (default: the student config's)")
     parser.add_argument(
         "--student-arg",
@@ -503,7 +539,7 @@ def main() -> None:
     models = set(args.models)
     checkpoints = {}
     if models & {"teacher", "student"}:
-        checkpoints["teacher"] = train(teacher_cfg, output / "teacher", samples, "teacher")
+        checkpoints["teacher"] = train(teacher_cfg, output / "teacher", samples, "teacher", 0, args.resume_every)
         trained_network = PreTrainedConfig.from_pretrained(checkpoints["teacher"]).network
         if trained_network != teacher_cfg.policy.network:
             # The run folders are named by role, so another teacher config in the same output would silently
@@ -515,10 +551,14 @@ def main() -> None:
             )
     if "teacher_equal_budget" in models:
         run_dir = output / "teacher_equal_budget"
-        checkpoints["teacher_equal_budget"] = train(equal_cfg, run_dir, samples, "teacher_equal_budget")
+        checkpoints["teacher_equal_budget"] = train(
+            equal_cfg, run_dir, samples, "teacher_equal_budget", 0, args.resume_every
+        )
     if "teacher_unet" in models:
         unet_cfg = train_config(args.configs, "teacher_unet", output, args.device)
-        checkpoints["teacher_unet"] = train(unet_cfg, output / "teacher_unet", samples, "teacher_unet")
+        checkpoints["teacher_unet"] = train(
+            unet_cfg, output / "teacher_unet", samples, "teacher_unet", 0, args.resume_every
+        )
     diagnosis, student_steps, student_name, variant = None, [], "student", ""
     if "student" in models:
         # The default recipe keeps the plain names; a variant (another cache sampler or budget) gets its own.
@@ -542,8 +582,16 @@ def main() -> None:
             *steps_override,
             *policy_overrides,
         )
-        # A cache from before latents were kept is drawn again (the same seed gives the same samples) when
-        # paired distillation needs them.
+        if args.cache_plan:
+            teacher, _, _ = load_checkpoint(checkpoints["teacher"], args.device)
+            frames = memory_frames(teacher, str(checkpoints["teacher"]), samples, args.cache_batch_size)
+            plan_cache(
+                teacher, frames, len(samples["index"]), args.cache_samples, args.cache_steps, args.cache_solver,
+                args.cache_batch_size, args.cache_plan, teacher_cfg.seed,
+            )  # fmt: skip
+            return
+        # A cache from before latents were kept is drawn again when paired distillation needs them. The cache is
+        # drawn by shards, and a killed run resumes it (or a second process joins it) where it stopped.
         needs_latents = student_cfg.policy.paired_weight > 0
         if not cache_path.exists() or (needs_latents and not cache_has_latents(cache_path)):
             start = time.perf_counter()
@@ -557,10 +605,20 @@ def main() -> None:
                 args.cache_steps,
                 args.cache_solver,
                 teacher_cfg.seed,
+                args.cache_batch_size,
+                dataset_meta=meta,
+                shard_size=args.cache_shard_size,
+                resume=True,
             )
+            # This session's time: a resumed cache's earlier sessions are not in it.
             record_timing(output / "teacher", f"teacher_cache{cache_variant}_s", time.perf_counter() - start)
+        if args.cache_only:
+            print(f"The cache is drawn: {cache_path}")
+            return
         student_dir = output / student_name
-        checkpoints[student_name] = train(student_cfg, student_dir, samples, student_name, args.save_every)
+        checkpoints[student_name] = train(
+            student_cfg, student_dir, samples, student_name, args.save_every, args.resume_every
+        )
         student_steps = sorted({0, *range(args.save_every, student_cfg.steps, args.save_every), student_cfg.steps})
         if held_out:
             diagnosis = diagnose_distillation(
@@ -584,7 +642,8 @@ def main() -> None:
         else:
             print("No held-out episodes (the configs train on all of them): the Chamfer curves are skipped.")
     if "diffusion" in models:
-        checkpoints["diffusion"] = train(diffusion_cfg, output / "diffusion", samples, "diffusion")
+        diffusion_dir = output / "diffusion"
+        checkpoints["diffusion"] = train(diffusion_cfg, diffusion_dir, samples, "diffusion", 0, args.resume_every)
     report = read_report(report_path)
     for name in checkpoints:
         timings_path = output / name / "timings.json"

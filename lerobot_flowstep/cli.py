@@ -61,8 +61,12 @@ def _cache_teacher(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         seed=args.seed,
         device=args.device,
+        shard_size=args.shard_size or None,
+        resume=args.resume,
+        plan_batches=args.plan,
     )
-    print(f"Wrote {path}; train with --policy.teacher_cache_path={path}")
+    if not args.plan:
+        print(f"Wrote {path}; train with --policy.teacher_cache_path={path}")
 
 
 def _calibrate(args: argparse.Namespace) -> None:
@@ -152,6 +156,27 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--batch-size", type=int, default=256)
     cache.add_argument("--device", default="cpu")
     cache.add_argument("--seed", type=int, default=0)
+    cache.add_argument(
+        "--shard-size",
+        type=int,
+        default=1024,
+        help="frames per shard: each is written as soon as it is drawn (beside --output, in OUTPUT.shards/), so a "
+        "killed job loses at most one shard; 0: one shard",
+    )
+    cache.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted job with the same settings, or join one that another process is drawing "
+        "(run the command twice to use two cores); the last process to finish writes --output",
+    )
+    cache.add_argument(
+        "--plan",
+        type=int,
+        default=0,
+        metavar="BATCHES",
+        help="write nothing: time this many batches (after a warm-up one) and print the cost per frame and the "
+        "whole job's ETA on one and two processes",
+    )
     cache.set_defaults(func=_cache_teacher)
 
     calib = sub.add_parser(

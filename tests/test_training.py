@@ -121,3 +121,83 @@ def test_samples_out_of_index_order_are_refused(dataset):
     with pytest.raises(ValueError, match="index order"):
         train_in_memory(policy, shuffled, preprocessor, 1, batches)
     assert torch.equal(samples["index"], torch.arange(meta.total_frames))
+
+
+TRAINER = """
+import sys, time
+from pathlib import Path
+from lerobot_flowstep.core.configuration_network import NetworkConfig
+from lerobot_flowstep.policies.flowstep_teacher import FlowstepTeacherConfig
+from lerobot_flowstep.tools.training import train_policy_on_dataset
+
+root, output, steps, delay = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+config = FlowstepTeacherConfig(
+    device="cpu", horizon=8, n_action_steps=4, network=NetworkConfig(hidden_dim=32, num_blocks=1)
+)
+train_policy_on_dataset(
+    config, sys.argv[5], root, output, steps, batch_size=16, seed=5, resume_dir=output / "resume", resume_every=10,
+    on_step=lambda *_: time.sleep(delay),  # a large model's pace, so that the run can be killed mid-way
+)
+"""
+
+
+@pytest.mark.slow
+def test_training_killed_after_a_resume_point_resumes_to_the_weights_of_an_uninterrupted_run(dataset, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    from lerobot_flowstep.tools.lerobot_commands import offline_env
+
+    steps = 40
+    torch.set_num_threads(1)  # as the subprocess runs: the same kernels give the same weights
+    _, reference, losses = train_policy_on_dataset(_config(), REPO_ID, dataset, tmp_path / "ref", steps, 16, seed=5)
+    script = tmp_path / "trainer.py"
+    script.write_text(TRAINER)
+    env = offline_env({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    output = tmp_path / "run"
+
+    def start(delay: float) -> subprocess.Popen:
+        args = [sys.executable, str(script), str(dataset), str(output), str(steps), str(delay), REPO_ID]
+        return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    first = start(delay=0.2)
+    try:
+        deadline = time.monotonic() + 300  # a loaded 2-core machine takes a while to import torch and LeRobot
+        while not list((output / "resume").glob("0*")):
+            assert first.poll() is None, first.stderr.read()
+            assert time.monotonic() < deadline, "no resume point in 300 s"
+            time.sleep(0.05)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert not (output / "pretrained_model").exists()
+    second = start(delay=0.0)
+    try:
+        assert second.wait(timeout=300) == 0, second.stderr.read()
+    finally:
+        second.kill()
+    resumed = load_file(output / "pretrained_model" / "model.safetensors")
+    expected = load_file(reference / "model.safetensors")
+    assert resumed.keys() == expected.keys()
+    assert all(torch.equal(resumed[k], expected[k]) for k in expected)
+    assert not (output / "resume").exists()
+
+
+def test_a_resume_point_of_another_run_is_refused(dataset, tmp_path):
+    class Stop(Exception):
+        pass
+
+    def stop(step, *_):
+        if step == 3:
+            raise Stop
+
+    resume = {"resume_dir": tmp_path / "resume", "resume_every": 2}
+    with pytest.raises(Stop):
+        train_policy_on_dataset(_config(), REPO_ID, dataset, tmp_path, 6, 8, on_step=stop, **resume)
+    assert [p.name for p in (tmp_path / "resume").iterdir()] == ["000000002"]
+    with pytest.raises(ValueError, match="differs in batch_size"):
+        train_policy_on_dataset(_config(), REPO_ID, dataset, tmp_path, 6, 16, **resume)

@@ -1,9 +1,24 @@
 """`lerobot-flowstep cache-teacher`: draw a teacher's samples for every frame of a dataset into the cache
-file that `--policy.teacher_cache_path` reads (format: `policies/imle_student/teacher_cache.py`)."""
+file that `--policy.teacher_cache_path` reads (format: `policies/imle_student/teacher_cache.py`).
+
+A cache of a large teacher takes hours on a CPU (the PushT U-Net: 25,650 frames x 16 latents x 10 steps), so
+the job is drawn in shards of `shard_size` frames, each written atomically as soon as it is done: a killed job
+resumes (`resume=True`) where it stopped, losing at most the shard in progress. Each shard draws from its own
+seeded generator (`shard_seed`), so the result does not depend on how often the job was interrupted or on
+how many processes drew it: processes started on the same job each claim the next free shard (an exclusive
+lock the kernel drops when the process dies, so a killed worker never leaves a shard claimed) and the last
+one to finish joins the shards into the cache file. `plan_cache` times a few batches and prints the cost per
+frame and the job's ETA before one commits to it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -14,8 +29,27 @@ from tqdm import tqdm
 
 from lerobot_flowstep.datasets.video import video_backend
 from lerobot_flowstep.policies.flowstep_teacher.modeling_flowstep_teacher import FlowstepTeacherPolicy
-from lerobot_flowstep.policies.imle_student.teacher_cache import cache_metadata, write_teacher_cache
+from lerobot_flowstep.policies.imle_student.teacher_cache import (
+    assemble_shards,
+    cache_metadata,
+    identity_metadata,
+    read_cache_metadata,
+    shard_dir,
+    shard_path,
+    shard_range,
+    shard_seed,
+    start_job,
+    write_shard,
+)
 from lerobot_flowstep.tools.checkpoints import load_processors
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; a job is then drawn by one process at a time
+    fcntl = None
+
+# Preprocessed batches of the frames at some positions (in dataset order), each with the dataset's `index`.
+FrameSource = Callable[[range], Iterable[dict[str, Tensor]]]
 
 
 @torch.no_grad()
@@ -26,9 +60,11 @@ def sample_teacher(
     num_steps: int,
     solver: str,
     seed: int = 0,
+    on_batch: Callable[[int], None] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Teacher chunks for preprocessed batches that carry the dataset's `index`: (samples, latents, index),
-    the latents being the noise each chunk's ODE started from, shaped like the samples."""
+    the latents being the noise each chunk's ODE started from, shaped like the samples. `on_batch(frames)`
+    runs after each batch (progress)."""
     generator = torch.Generator(device=next(teacher.parameters()).device).manual_seed(seed)
     samples, latents, indices = [], [], []
     for batch in batches:
@@ -36,6 +72,8 @@ def sample_teacher(
         chunk, noise = teacher.sample_pairs(batch, num_samples, generator, num_steps=num_steps, solver=solver)
         samples.append(chunk.cpu())
         latents.append(noise.cpu())
+        if on_batch is not None:
+            on_batch(len(indices[-1]))
     return torch.cat(samples).contiguous(), torch.cat(latents).contiguous(), torch.cat(indices)
 
 
@@ -44,6 +82,152 @@ def _metadata(
 ) -> dict[str, str]:
     config = teacher.config
     return cache_metadata(config.horizon, config.action_dim, teacher_path, num_samples, num_steps, solver, seed)
+
+
+@contextlib.contextmanager
+def _claim(path: Path, wait: bool) -> Iterator[bool]:
+    """Hold an exclusive lock on `path` for the body; yields whether it was obtained (with `wait`, always,
+    once the holder lets go or dies)."""
+    fd = os.open(path, os.O_CREAT | os.O_RDWR)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+        yield True
+    finally:
+        os.close(fd)  # closing the last descriptor drops the lock
+
+
+def draw_cache(
+    teacher: FlowstepTeacherPolicy,
+    frames: FrameSource,
+    num_frames: int,
+    output: Path,
+    metadata: dict[str, str],
+    num_samples: int,
+    num_steps: int,
+    solver: str,
+    seed: int = 0,
+    shard_size: int | None = None,
+    batch_size: int = 256,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Draw the cache of `num_frames` frames into `output` by shards of `shard_size` frames (None: one shard),
+    in `output`'s shard folder (`shard_dir`), and join them when all are done.
+
+    `resume`: continue an interrupted job with the same settings, or join one another process is drawing; a
+    finished cache with the same settings is returned as it is. `overwrite`: replace a cache with other settings
+    when the new one is complete, and start an interrupted job again (without `resume`). With neither, an
+    existing cache or job is refused.
+    """
+    output = Path(output)
+    shard_size = shard_size or num_frames
+    if shard_size < 1 or batch_size < 1:
+        raise ValueError(f"shard_size ({shard_size}) and batch_size ({batch_size}) must be positive.")
+    if output.exists():
+        if resume and read_cache_metadata(output) == metadata:
+            print(f"{output} is complete already.")
+            return output
+        if not overwrite:
+            raise FileExistsError(f"{output} exists; remove it or choose another --output.")
+    directory = shard_dir(output)
+    if overwrite and not resume:
+        shutil.rmtree(directory, ignore_errors=True)
+    num_shards = math.ceil(num_frames / shard_size)
+    job = metadata | {"num_frames": str(num_frames), "shard_size": str(shard_size), "batch_size": str(batch_size)}
+    start_job(directory, job, resume)
+
+    def done(shard: int) -> bool:
+        return shard_path(directory, shard).exists()
+
+    def frames_done() -> int:
+        return sum(len(shard_range(k, shard_size, num_frames)) for k in range(num_shards) if done(k))
+
+    drawn, started = 0, time.perf_counter()
+    desc = f"teacher samples ({num_samples} x {num_steps} {solver} steps)"
+    with tqdm(total=num_frames, initial=frames_done(), desc=desc, unit="frame", smoothing=0.05) as bar:
+        pending = [k for k in range(num_shards) if not done(k)]
+        # First the shards no other process holds, then the ones another holds: waiting for its lock either
+        # finds its shard done or takes over the shard of a process that died.
+        for wait in (False, True):
+            for shard in pending:
+                with _claim(directory / f"shard-{shard:05d}.lock", wait) as claimed:
+                    if not claimed or done(shard):
+                        continue
+                    positions = shard_range(shard, shard_size, num_frames)
+                    samples, latents, index = sample_teacher(
+                        teacher, frames(positions), num_samples, num_steps, solver, shard_seed(seed, shard), bar.update
+                    )
+                    write_shard(directory, shard, samples, latents, index)
+                    drawn += len(positions)
+                # Frames other processes finished meanwhile count towards the job's progress and ETA.
+                bar.update(max(0, frames_done() - bar.n))
+            pending = [k for k in pending if not done(k)]
+    if drawn:
+        cost = (time.perf_counter() - started) / drawn
+        print(f"Drew {drawn} frames at {cost * 1e3:.1f} ms per frame ({num_samples} samples x {num_steps} {solver}).")
+    try:
+        with _claim(directory / "assemble.lock", wait=True):
+            if not output.exists():
+                assemble_shards(directory, num_shards, output, metadata)
+    except FileNotFoundError:
+        if not output.exists():  # else another process assembled it and removed the shard folder
+            raise
+    return output
+
+
+def plan_cache(
+    teacher: FlowstepTeacherPolicy,
+    frames: FrameSource,
+    num_frames: int,
+    num_samples: int,
+    num_steps: int,
+    solver: str,
+    batch_size: int,
+    plan_batches: int = 2,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Time `plan_batches` batches of the job (after a warm-up batch), write nothing, and print the cost per
+    frame and the ETA of the whole job on one and on two processes. Returns those numbers."""
+    if num_frames < batch_size * (plan_batches + 1):
+        raise ValueError(f"--plan needs {batch_size * (plan_batches + 1)} frames ({plan_batches} + 1 batches).")
+    sample_teacher(teacher, frames(range(batch_size)), num_samples, num_steps, solver, seed)
+    timed = range(batch_size, batch_size * (plan_batches + 1))
+    start = time.perf_counter()
+    sample_teacher(teacher, frames(timed), num_samples, num_steps, solver, seed)
+    per_frame = (time.perf_counter() - start) / len(timed)
+    plan = {
+        "s_per_frame": per_frame,
+        "ms_per_sample_step": per_frame / (num_samples * num_steps) * 1e3,
+        "eta_h_one_process": per_frame * num_frames / 3600,
+        "eta_h_two_processes": per_frame * num_frames / 3600 / 2,
+    }
+    print(
+        f"Plan: {per_frame * 1e3:.1f} ms per frame ({plan['ms_per_sample_step']:.3f} ms per sample and {solver} "
+        f"step; {num_samples} samples x {num_steps} steps, batches of {batch_size} frames, "
+        f"{torch.get_num_threads()} threads) -> {num_frames} frames: {plan['eta_h_one_process']:.2f} h on one "
+        f"process, {plan['eta_h_two_processes']:.2f} h on two."
+    )
+    return plan
+
+
+def memory_frames(teacher: FlowstepTeacherPolicy, teacher_path: str, samples: dict[str, Tensor], batch_size: int):
+    """The frame source of dataset samples already in memory (`training.load_samples`): preprocessed once."""
+    preprocessor, _ = load_processors(teacher.config, teacher_path, next(teacher.parameters()).device)
+    processed = preprocessor(dict(samples))
+    count = len(samples["index"])
+    processed = {k: v for k, v in processed.items() if isinstance(v, Tensor) and len(v) == count}
+
+    def frames(positions: range) -> Iterator[dict[str, Tensor]]:
+        for start in range(positions.start, positions.stop, batch_size):
+            stop = min(start + batch_size, positions.stop)
+            yield {k: v[start:stop] for k, v in processed.items()}
+
+    return frames
 
 
 def cache_from_samples(
@@ -56,19 +240,21 @@ def cache_from_samples(
     solver: str,
     seed: int = 0,
     batch_size: int = 512,
-    extra_metadata: dict[str, str] | None = None,
+    dataset_meta: LeRobotDatasetMetadata | None = None,
+    shard_size: int | None = None,
+    resume: bool = False,
 ) -> Path:
-    """The cache for dataset samples already in memory (`training.load_samples`), e.g. in the demo."""
-    preprocessor, _ = load_processors(teacher.config, teacher_path, next(teacher.parameters()).device)
-    processed = preprocessor(dict(samples))
-    frames = len(samples["index"])
-    batches = (
-        {k: v[i : i + batch_size] for k, v in processed.items() if isinstance(v, Tensor) and len(v) == frames}
-        for i in tqdm(range(0, frames, batch_size), desc=f"teacher samples ({num_samples} x {num_steps} {solver})")
-    )
-    cached, latents, index = sample_teacher(teacher, batches, num_samples, num_steps, solver, seed)
-    metadata = {**_metadata(teacher, teacher_path, num_samples, num_steps, solver, seed), **(extra_metadata or {})}
-    return write_teacher_cache(cached, index, output, metadata, latents)
+    """The cache for dataset samples already in memory (`training.load_samples`), e.g. in the demo, bound to
+    the dataset of `dataset_meta` (the one the samples were read from). It replaces a cache at `output` made
+    with other settings; `resume` continues an interrupted job by its shards (`draw_cache`)."""
+    frames = memory_frames(teacher, teacher_path, samples, batch_size)
+    metadata = _metadata(teacher, teacher_path, num_samples, num_steps, solver, seed)
+    metadata |= identity_metadata(dataset_meta) if dataset_meta is not None else {}
+    num_frames = len(samples["index"])
+    return draw_cache(
+        teacher, frames, num_frames, output, metadata, num_samples, num_steps, solver, seed, shard_size, batch_size,
+        resume, overwrite=True,
+    )  # fmt: skip
 
 
 def build_teacher_cache(
@@ -82,18 +268,29 @@ def build_teacher_cache(
     batch_size: int = 256,
     seed: int = 0,
     device: str = "cpu",
-) -> Path:
-    """Draw `num_samples` teacher chunks for every frame of the dataset at `root` and write them to `output`."""
+    shard_size: int | None = None,
+    resume: bool = False,
+    plan_batches: int = 0,
+) -> Path | dict[str, float]:
+    """Draw `num_samples` teacher chunks for every frame of the dataset at `root` and write them to `output`
+    (by shards of `shard_size` frames; `resume` continues or joins a job). With `plan_batches`, only time that
+    many batches and return the plan (`plan_cache`)."""
     output = Path(output)
-    if output.exists():
-        raise FileExistsError(f"{output} exists; remove it or choose another --output.")
     teacher = FlowstepTeacherPolicy.from_pretrained(teacher_path).to(device).eval()
     preprocessor, _ = load_processors(teacher.config, teacher_path, device)
-    deltas = resolve_delta_timestamps(teacher.config, LeRobotDatasetMetadata(repo_id, root=root))
+    meta = LeRobotDatasetMetadata(repo_id, root=root)
+    deltas = resolve_delta_timestamps(teacher.config, meta)
     dataset = LeRobotDataset(repo_id, root=root, delta_timestamps=deltas, video_backend=video_backend())
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-    desc = f"teacher samples ({num_samples} x {num_steps} {solver} steps)"
-    batches = (preprocessor(batch) for batch in tqdm(loader, desc=desc, unit="batch"))
-    samples, latents, index = sample_teacher(teacher, batches, num_samples, num_steps, solver, seed)
-    metadata = _metadata(teacher, teacher_path, num_samples, num_steps, solver, seed)
-    return write_teacher_cache(samples, index, output, {**metadata, "repo_id": repo_id, "root": str(root)}, latents)
+
+    def frames(positions: range) -> Iterator[dict[str, Tensor]]:
+        subset = torch.utils.data.Subset(dataset, positions)
+        loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=0)
+        return (preprocessor(batch) for batch in loader)
+
+    if plan_batches:
+        return plan_cache(teacher, frames, len(dataset), num_samples, num_steps, solver, batch_size, plan_batches, seed)
+    metadata = _metadata(teacher, teacher_path, num_samples, num_steps, solver, seed) | identity_metadata(meta)
+    return draw_cache(
+        teacher, frames, len(dataset), output, metadata, num_samples, num_steps, solver, seed, shard_size, batch_size,
+        resume,
+    )  # fmt: skip

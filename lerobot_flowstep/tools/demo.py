@@ -124,7 +124,7 @@ def run_demo(settings: DemoSettings) -> dict:
     cache_path = out / "teacher" / "teacher_samples.safetensors"
     cache_from_samples(
         teacher, str(teacher_ckpt), samples, cache_path, settings.cache_samples, settings.cache_steps,
-        settings.cache_solver, settings.seed, extra_metadata={"repo_id": DATASET_REPO_ID, "root": str(data_root)},
+        settings.cache_solver, settings.seed, dataset_meta=meta,
     )  # fmt: skip
     timed("teacher_cache", start)
 

@@ -15,7 +15,7 @@ from lerobot_flowstep.policies.imle_student.configuration_imle_student import (
     check_teacher_compatibility,
     load_teacher_config,
 )
-from lerobot_flowstep.policies.imle_student.teacher_cache import TeacherCache
+from lerobot_flowstep.policies.imle_student.teacher_cache import TeacherCache, check_cache_matches_dataset
 
 
 def sparsity(samples: Tensor) -> Tensor:
@@ -97,6 +97,11 @@ class ImleStudentPolicy(FlowstepBasePolicy):
                 teacher_config = None
             if teacher_config is not None:
                 check_teacher_compatibility(config, teacher_config)
+        # `make_policy` passes the dataset it trains on (lerobot-train, resumed runs included): a cache drawn on
+        # another dataset would give every frame another frame's samples, so it is refused before training.
+        dataset_meta = kwargs.get("dataset_meta")
+        if config.teacher_cache_path and dataset_meta is not None:
+            check_cache_matches_dataset(config.teacher_cache_path, dataset_meta)
 
     # --- the teacher, loaded on first use -------------------------------------------------------
 

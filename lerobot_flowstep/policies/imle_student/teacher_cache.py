@@ -1,5 +1,5 @@
 """Teacher samples computed once per dataset frame, for distillation without the teacher in the loop: the
-file format, its reader and its writer.
+file format, its reader and its writer, and the shards a long cache job is drawn in.
 
 Drawing M samples with N ODE steps for every observation of every batch dominates online distillation;
 the samples of a frame do not change during distillation, so they are drawn once (with as many steps
@@ -7,33 +7,194 @@ and as accurate a solver as one likes, by `lerobot_flowstep.tools.cache_teacher`
 dataset's global frame `index`. The file is safetensors: `samples` (num_frames, M, horizon, action_dim) in
 the teacher's normalized action space, `latents` of the same shape (the noise each sample's ODE started
 from, which paired distillation regresses on; caches written before they were kept lack them) and `index`
-(num_frames,), with the settings that made it in the metadata (`cache_metadata`).
+(num_frames,), with the settings that made it in the metadata (`cache_metadata`) and the identity of the
+dataset it was drawn on (`dataset_identity`), which the student checks against the dataset it trains on.
+
+A long job is drawn in shards (`shard_dir`): each a cache file of its own for a range of frames, written
+atomically, so a killed job loses at most the shard in progress; `assemble_shards` joins them into the one
+file the student reads.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import logging
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+logger = logging.getLogger(__name__)
 
-def read_cache_metadata(path: str | Path) -> dict[str, str]:
-    """The settings a cache was made with (teacher, samples, steps, solver, dataset), without its tensors."""
+IDENTITY_KEY = "dataset_identity"
+# What must agree between a cache and the dataset for its frames to be that dataset's frames. The repo id and
+# root are recorded too, to name both sides, but a dataset copied or converted again to another place is the
+# same dataset.
+IDENTITY_FIELDS = ("num_frames", "num_episodes", "episode_boundaries_sha256", "actions_sha256")
+REQUIRED_TENSORS = ("samples", "index")
+
+
+def _digest(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()[:16]
+
+
+def dataset_actions(root: str | Path) -> np.ndarray:
+    """Every frame's action (num_frames, action_dim) float32 in `index` order, read from the dataset's parquet
+    files (two columns: cheap even for a camera dataset)."""
+    import pyarrow.parquet as pq
+
+    files = sorted((Path(root) / "data").rglob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"No parquet data files under {Path(root) / 'data'}: not a local LeRobotDataset.")
+    indices, actions = [], []
+    for file in files:
+        table = pq.read_table(file, columns=["index", "action"])
+        indices.append(table.column("index").to_numpy())
+        column = table.column("action").combine_chunks()
+        actions.append(column.flatten().to_numpy().astype(np.float32).reshape(len(table), -1))
+    index, action = np.concatenate(indices), np.concatenate(actions)
+    return action[np.argsort(index, kind="stable")]
+
+
+def dataset_identity(meta) -> dict[str, object]:
+    """What identifies the frames of a dataset (`LeRobotDatasetMetadata`): frame and episode counts, a digest of
+    the episode boundaries and one of every frame's action. A cache looks its samples up by global frame index
+    only, so these are what must agree for index i to be the same frame."""
+    boundaries = np.array([meta.episodes["dataset_from_index"], meta.episodes["dataset_to_index"]], dtype=np.int64)
+    actions = dataset_actions(meta.root)
+    return {
+        "repo_id": meta.repo_id,
+        "root": str(meta.root),
+        "num_frames": int(meta.total_frames),
+        "num_episodes": int(meta.total_episodes),
+        "episode_boundaries_sha256": _digest(boundaries),
+        "actions_sha256": _digest(actions),
+    }
+
+
+def identity_metadata(meta) -> dict[str, str]:
+    """The cache metadata entries that bind a cache to the dataset of `meta`."""
+    identity = dataset_identity(meta)
+    return {IDENTITY_KEY: json.dumps(identity), "repo_id": identity["repo_id"], "root": identity["root"]}
+
+
+def _describe(identity: dict[str, object]) -> str:
+    return (
+        f"{identity.get('repo_id')} at {identity.get('root')} ({identity.get('num_frames')} frames, "
+        f"{identity.get('num_episodes')} episodes, episode boundaries {identity.get('episode_boundaries_sha256')}, "
+        f"actions {identity.get('actions_sha256')})"
+    )
+
+
+def check_cache_matches_dataset(path: str | Path, meta) -> None:
+    """Refuse a cache drawn on another dataset than `meta`'s, naming both. A cache written before caches
+    recorded their dataset is checked on what it has: its frames must be exactly the dataset's frame indices
+    (a warning says that nothing more could be checked)."""
+    path = Path(path)
+    metadata = read_cache_metadata(path)
+    if IDENTITY_KEY not in metadata:
+        with open_cache(path) as f:
+            index = f.get_tensor("index")
+        total = int(meta.total_frames)
+        if len(index) != total or not torch.equal(index.sort().values, torch.arange(total, dtype=index.dtype)):
+            raise ValueError(
+                f"The teacher cache {path} holds {len(index)} frames (indices {int(index.min())}..{int(index.max())})"
+                f", but the dataset {meta.repo_id} at {meta.root} has {total} (0..{total - 1}): it was drawn on "
+                f"another dataset ({metadata.get('repo_id')} at {metadata.get('root')}). Draw one for this dataset "
+                "with `lerobot-flowstep cache-teacher`."
+            )
+        logger.warning(
+            "The teacher cache %s predates dataset identities: only its frame count (%d, as the dataset %s has) "
+            "was checked, not its episodes or actions. Draw it again to have it checked.",
+            path,
+            total,
+            meta.repo_id,
+        )
+        return
+    cached = json.loads(metadata[IDENTITY_KEY])
+    current = dataset_identity(meta)
+    differing = [key for key in IDENTITY_FIELDS if cached.get(key) != current[key]]
+    if differing:
+        raise ValueError(
+            f"The teacher cache {path} was drawn on another dataset than the one being trained on (they differ in "
+            f"{', '.join(differing)}): the cache's dataset is {_describe(cached)}, this one is "
+            f"{_describe(current)}. Frames are looked up by index, so its samples would be another frame's. Draw "
+            "a cache for this dataset with `lerobot-flowstep cache-teacher`."
+        )
+
+
+def _not_a_cache(path: Path, reason: str) -> ValueError:
+    return ValueError(
+        f"{path} is not a readable teacher cache: {reason}. Give --policy.teacher_cache_path the .safetensors file "
+        "that `lerobot-flowstep cache-teacher` wrote, or draw it again."
+    )
+
+
+def _unreadable_reason(path: Path, error: Exception) -> str:
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        f.seek(max(0, size - 4))
+        tail = f.read(4)
+    if head[:4] == b"PAR1" or tail == b"PAR1":
+        return "it is a Parquet file (a dataset's data?), not a safetensors file"
+    if size < 8:
+        return f"it is {size} bytes long, shorter than a safetensors header"
+    header = int.from_bytes(head, "little")
+    if header > size - 8:
+        return (
+            f"its header claims {header} bytes but the file holds {size}: it is truncated (an interrupted copy or "
+            f"write) or not a safetensors file ({type(error).__name__}: {error})"
+        )
+    with open(path, "rb") as f:
+        f.seek(8)
+        try:
+            entries = json.loads(f.read(header))
+            expected = 8 + header + max(v["data_offsets"][1] for k, v in entries.items() if k != "__metadata__")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return f"it is not a safetensors file ({type(error).__name__}: {error})"
+    if expected > size:
+        return f"it is truncated: {size} bytes of the {expected} its header lists (an interrupted copy or write)"
+    return f"it is not a readable safetensors file ({type(error).__name__}: {error})"
+
+
+@contextlib.contextmanager
+def open_cache(path: str | Path) -> Iterator:
+    """`safe_open` on a cache file, with errors that name the file and say what is wrong with it: missing,
+    truncated, another kind of file, or a safetensors file without a cache's tensors."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No teacher cache at {path} (teacher_cache_path).")
-    with safe_open(str(path), framework="pt") as f:
+    try:
+        handle = safe_open(str(path), framework="pt")
+    except Exception as error:  # safetensors raises its own error type, and OSError on some platforms
+        raise _not_a_cache(path, _unreadable_reason(path, error)) from error
+    with handle as f:
+        missing = [name for name in REQUIRED_TENSORS if name not in f.keys()]
+        if missing:
+            raise _not_a_cache(
+                path, f"it holds the tensors {sorted(f.keys())[:8]} but no {missing} (a model's weights?)"
+            )
+        yield f
+
+
+def read_cache_metadata(path: str | Path) -> dict[str, str]:
+    """The settings a cache was made with (teacher, samples, steps, solver, dataset), without its tensors."""
+    with open_cache(path) as f:
         return f.metadata() or {}
 
 
 def cache_has_latents(path: str | Path) -> bool:
     """Whether the cache keeps each sample's latent (caches written before they were kept do not)."""
-    with safe_open(str(path), framework="pt") as f:
+    with open_cache(path) as f:
         return "latents" in f.keys()
 
 
@@ -60,12 +221,92 @@ def write_teacher_cache(
         raise ValueError(f"latents {tuple(latents.shape)} must match samples {tuple(samples.shape)}.")
     tensors = {"samples": samples, "index": index} | ({} if latents is None else {"latents": latents})
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".partial")
+    tmp = output.with_name(f"{output.name}.{os.getpid()}.partial")
     try:
         save_file(tensors, str(tmp), metadata)
         os.replace(tmp, output)
     finally:
         tmp.unlink(missing_ok=True)
+    return output
+
+
+def shard_dir(output: str | Path) -> Path:
+    """Where the shards of the cache `output` are drawn: beside it, so that assembling it is one rename."""
+    output = Path(output)
+    return output.with_name(output.name + ".shards")
+
+
+def shard_path(directory: Path, shard: int) -> Path:
+    return directory / f"shard-{shard:05d}.safetensors"
+
+
+def shard_range(shard: int, shard_size: int, num_frames: int) -> range:
+    """The positions (in dataset order) of the frames of one shard."""
+    return range(shard * shard_size, min((shard + 1) * shard_size, num_frames))
+
+
+def shard_seed(seed: int, shard: int) -> int:
+    """The seed of one shard's generator: a shard draws the same samples whoever draws it and whenever, and
+    shard 0 draws with `seed` itself, so a one-shard job draws what the unsharded writer drew."""
+    return seed + shard * 2**32
+
+
+JOB_FILE = "job.json"
+
+
+def start_job(directory: Path, job: dict[str, str], resume: bool) -> None:
+    """Record the settings of a sharded job in `directory`, or check them against the ones there: shards of
+    two different jobs are never mixed. Without `resume`, an existing job is refused (it holds work)."""
+    path = directory / JOB_FILE
+    if path.exists():
+        if not resume:
+            done = len(list(directory.glob("shard-*.safetensors")))
+            raise FileExistsError(
+                f"{directory} holds an interrupted cache job ({done} shards done): pass --resume to continue it "
+                "(or to join it from a second process), or remove the folder."
+            )
+    else:
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / f".{JOB_FILE}.{os.getpid()}"
+        tmp.write_text(json.dumps(job, indent=2, sort_keys=True))
+        try:
+            os.link(tmp, path)  # create-if-absent with its whole content: a concurrent starter sees all or nothing
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    recorded = json.loads(path.read_text())
+    differing = sorted(k for k in job.keys() | recorded.keys() if job.get(k) != recorded.get(k))
+    if differing:
+        details = "; ".join(f"{k}: {recorded.get(k)!r} there, {job.get(k)!r} now" for k in differing)
+        raise ValueError(
+            f"{directory} holds shards of a cache job with other settings ({details}). Rerun with its settings, "
+            "or remove the folder to start again."
+        )
+
+
+def write_shard(directory: Path, shard: int, samples: Tensor, latents: Tensor, index: Tensor) -> Path:
+    """One shard, atomically (a temporary file renamed into place): a shard file that exists is complete."""
+    path = shard_path(directory, shard)
+    tmp = directory / f".{path.name}.{os.getpid()}.partial"
+    try:
+        save_file({"samples": samples.contiguous(), "latents": latents.contiguous(), "index": index}, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def assemble_shards(directory: Path, num_shards: int, output: Path, metadata: dict[str, str]) -> Path:
+    """Join the shards, in order, into the one cache file at `output` (atomically), then remove them."""
+    parts: dict[str, list[Tensor]] = {"samples": [], "latents": [], "index": []}
+    for shard in range(num_shards):
+        with open_cache(shard_path(directory, shard)) as f:
+            for name, tensors in parts.items():
+                tensors.append(f.get_tensor(name))
+    joined = {name: torch.cat(tensors) for name, tensors in parts.items()}
+    write_teacher_cache(joined["samples"], joined["index"], output, metadata, joined["latents"])
+    shutil.rmtree(directory, ignore_errors=True)
     return output
 
 
@@ -75,9 +316,12 @@ class TeacherCache:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.metadata = read_cache_metadata(self.path)
-        with safe_open(str(self.path), framework="pt") as f:
-            self.samples = f.get_tensor("samples")
-            index = f.get_tensor("index")
+        with open_cache(self.path) as f:
+            try:
+                self.samples = f.get_tensor("samples")
+                index = f.get_tensor("index")
+            except Exception as error:  # a header that reads but tensors that do not (a corrupted file)
+                raise _not_a_cache(self.path, f"its tensors do not read ({type(error).__name__}: {error})") from error
         self.has_latents = cache_has_latents(self.path)
         # Read on first use: only paired distillation needs them, and they are as large as the samples.
         self.latents: Tensor | None = None
@@ -136,7 +380,7 @@ class TeacherCache:
                 "paired_weight > 0 regresses on them: write it again with `lerobot-flowstep cache-teacher`."
             )
         if self.latents is None:
-            with safe_open(str(self.path), framework="pt") as f:
+            with open_cache(self.path) as f:
                 self.latents = f.get_tensor("latents").to(self.device)
         rows, missing = self._rows(index)
         columns = self._columns(rows, num)
