@@ -40,6 +40,7 @@ from lerobot_flowstep.datasets.video import video_backend
 RUN_FILE = "run.json"
 LOSSES_FILE = "losses.json"
 
+
 def load_samples(
     repo_id: str,
     root: Path,
