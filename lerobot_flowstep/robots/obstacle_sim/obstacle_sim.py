@@ -195,8 +195,8 @@ class FlowstepObstacleSim(Robot):
     # --- the scene schedule -----------------------------------------------------------------------------------
 
     def _advance(self, now: float) -> None:
-        """Move the schedule to `now`: a live phase that has run `episode_time_s` ends with a new scene, held for
-        `reset_time_s`; the next live phase starts at the first call after that."""
+        """Move the schedule to `now`, at each observation: a live phase that has run `episode_time_s` ends with a
+        new scene, held for `reset_time_s`; the next live phase starts at the first observation after that."""
         if self._phase is None:
             self._start_live(now)
         if self._phase == "live" and now - self._phase_start >= self.config.episode_time_s:
@@ -265,7 +265,8 @@ class FlowstepObstacleSim(Robot):
         half = env.layout.workspace_half_extent
         target = np.clip(target, -half, half)
         now = time.perf_counter()
-        self._advance(now)
+        # The schedule moves at observations only: LeRobot's loops end an episode or a reset by the time a tick
+        # starts, so a phase that ended during this tick's inference must not end before the loop sees it.
         if self._phase == "live":
             self._actions += 1
             if self._last_action_t is not None:
