@@ -2,9 +2,18 @@
 
 Importing this package registers the policy configs (`flowstep_teacher`, `imle_student`, `flowstep_regression`),
 the point-cloud processor step (`flowstep_pointcloud`) and the env types (`flowstep_obstacle`,
-`flowstep_pusht_disturbed`, `rlbench`, `flowstep_metaworld`) with LeRobot.
+`flowstep_pusht_disturbed`, `rlbench`, `flowstep_metaworld`), the simulated robot (`flowstep_obstacle_sim`)
+and its scripted teleoperator (`flowstep_obstacle_expert`) with LeRobot.
 """
 
-from lerobot_flowstep import envs, metaworld, policies, processor, rlbench  # noqa: F401  (for their registrations)
+from lerobot_flowstep import (  # noqa: F401  (for their registrations)
+    envs,
+    metaworld,
+    policies,
+    processor,
+    rlbench,
+    robots,
+    teleoperators,
+)
 
 __version__ = "0.1.0"

@@ -131,7 +131,7 @@ def calibrate_dataset(
     feature_info[INTRINSICS_INFO] = k.tolist()
     feature_info[EXTRINSICS_INFO] = t.tolist()
     features[key]["info"] = feature_info
-    _write_json_atomic(info_path, info)
+    write_json_atomic(info_path, info)
     return info_path
 
 
@@ -142,7 +142,8 @@ def _image_size(feature: dict[str, Any]) -> tuple[int, int]:
     return shape[-2], shape[-1]
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write `data` as JSON to `path` so that a reader sees the old file or the new one, never half of one."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:

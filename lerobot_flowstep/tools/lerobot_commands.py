@@ -205,3 +205,27 @@ def eval_args(
         "--eval.use_async_envs=false",
         f"--seed={seed}",
     ]
+
+
+def lerobot_record(args: list[str], log_path: Path, timeout_s: float | None = None) -> None:
+    """Run `lerobot-record` (a robot and a teleoperator; add `--dataset.push_to_hub=false` to stay offline)."""
+    _run("lerobot.scripts.lerobot_record", args, log_path, None, "record", timeout_s=timeout_s)
+
+
+def lerobot_rollout(args: list[str], log_path: Path, timeout_s: float | None = None) -> None:
+    """Run `lerobot-rollout` (a policy on a robot)."""
+    _run("lerobot.scripts.lerobot_rollout", args, log_path, None, "rollout", timeout_s=timeout_s)
+
+
+def obstacle_sim_args(
+    fps: int, episode_time_s: float, reset_time_s: float, calibration_dir: Path, report_path: Path | None = None
+) -> list[str]:
+    """`--robot.*` arguments of the simulated robot `flowstep_obstacle_sim` on a scene schedule (see its config)."""
+    args = [
+        "--robot.type=flowstep_obstacle_sim",
+        f"--robot.fps={fps}",
+        f"--robot.episode_time_s={episode_time_s}",
+        f"--robot.reset_time_s={reset_time_s}",
+        f"--robot.calibration_dir={calibration_dir}",
+    ]
+    return args + ([f"--robot.report_path={report_path}"] if report_path is not None else [])

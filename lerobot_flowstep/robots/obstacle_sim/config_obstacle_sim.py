@@ -1,0 +1,64 @@
+"""`--robot.type=flowstep_obstacle_sim`: the embedded ObstacleReach task as a LeRobot robot with an RGB-D camera."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lerobot.robots import RobotConfig
+
+from lerobot_flowstep.envs.obstacle import CAMERA_NAME
+
+ROBOT_TYPE = "flowstep_obstacle_sim"
+
+
+@RobotConfig.register_subclass(ROBOT_TYPE)
+@dataclass(kw_only=True)
+class FlowstepObstacleSimConfig(RobotConfig):
+    """A simulated robot that keeps real time.
+
+    The scene runs on a schedule that mirrors `lerobot-record`'s: each scene is live for `episode_time_s` (the
+    actions move the agent), then a new scene is drawn and held still for `reset_time_s` (the actions are ignored,
+    as while a person resets a real scene). A live phase starts at the first observation after the reset, so
+    with `--dataset.episode_time_s` / `--dataset.reset_time_s` equal to these, every recorded episode is one scene
+    from its start. Under `lerobot-rollout`, each scene is one trial; the reset lets a policy drop what it had
+    queued for the previous scene (make it at least (n_action_steps + n_obs_steps) / fps).
+    """
+
+    # Obstacles: 2 (one obstacle) or 4 (two stacked obstacles) equally good ways to the goal.
+    num_modes: int = 2
+    # Control rate the robot is driven at: the period against which a late action counts as an overrun.
+    fps: int = 30
+    episode_time_s: float = 4.0
+    reset_time_s: float = 0.5
+    # The camera's name and square image size; it gives `<camera>` RGB and `<camera>_depth` uint16 millimetres.
+    camera: str = CAMERA_NAME
+    image_size: int = 64
+    # The goal's position as state (`goal_x.pos`, `goal_y.pos`): the goal is a flat disc that depth cannot see.
+    observe_goal: bool = True
+    # Seed of the scenes (start and goal of each); None draws them afresh.
+    seed: int | None = 0
+    # An action arriving later than (1 + overrun_tolerance) periods after the previous one is an overrun; the
+    # agent has kept moving to the previous target meanwhile, one step per period that passed, as a real
+    # position-controlled robot does.
+    overrun_tolerance: float = 0.1
+    # Where to write the run's report (scenes, successes, modes, control rate, overruns) as JSON on disconnect.
+    report_path: Path | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_modes not in (2, 4):
+            raise ValueError(f"num_modes must be 2 or 4, got {self.num_modes}.")
+        if self.fps <= 0:
+            raise ValueError(f"fps must be positive, got {self.fps}.")
+        if self.episode_time_s <= 0 or self.reset_time_s < 0:
+            raise ValueError(
+                f"episode_time_s must be positive and reset_time_s at least 0, got {self.episode_time_s} and "
+                f"{self.reset_time_s}."
+            )
+        if self.image_size < 8:
+            raise ValueError(f"image_size must be at least 8, got {self.image_size}.")
+        if self.overrun_tolerance < 0:
+            raise ValueError(f"overrun_tolerance must be at least 0, got {self.overrun_tolerance}.")
+        if not self.camera or "/" in self.camera or self.camera.endswith("_depth"):
+            raise ValueError(f"camera must be a plain name without '/' or a '_depth' suffix, got '{self.camera}'.")
