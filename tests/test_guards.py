@@ -126,3 +126,41 @@ def test_inverted_or_nan_pointcloud_bounds_are_refused():
     with pytest.raises(ValueError, match="neither NaN"):
         PointCloudConfig(cameras=["top"], bounds_low=[0.0, float("nan"), 0.0], bounds_high=[1.0, 1.0, 1.0])
     PointCloudConfig(cameras=["top"], bounds_low=[0.0, 0.0, 0.0], bounds_high=[1.0, 1.0, 0.0])  # a flat box is a box
+
+
+@pytest.mark.slow
+def test_lerobot_train_shows_why_a_student_cannot_be_a_teacher(tmp_path):
+    import subprocess
+    import sys
+
+    from lerobot_flowstep.policies.flowstep_regression.configuration_flowstep_regression import (
+        FlowstepRegressionConfig,
+    )
+    from lerobot_flowstep.tools.lerobot_commands import offline_env
+
+    FlowstepRegressionConfig().save_pretrained(tmp_path / "student")
+    args = [f"--policy.teacher_path={tmp_path / 'student'}", "--dataset.repo_id=local/x", f"--dataset.root={tmp_path}"]
+    result = subprocess.run(
+        [sys.executable, "-m", "lerobot.scripts.lerobot_train", "--policy.type=imle_student", *args],
+        capture_output=True,
+        text=True,
+        env=offline_env(),
+        timeout=300,
+    )
+    assert result.returncode != 0
+    assert f"teacher_path '{tmp_path / 'student'}' holds a 'flowstep_regression' policy, not a flowstep_teacher" in (
+        result.stderr
+    )
+
+
+def test_a_refused_nested_setting_is_explained_on_the_command_line():
+    """draccus (lerobot-train's parser) would show only "Couldn't instantiate class PointCloudConfig"."""
+    import draccus
+    from lerobot.configs.train import TrainPipelineConfig
+
+    args = ["--policy.type=flowstep_teacher", "--policy.pointcloud.cameras=[top]", "--dataset.repo_id=local/x"]
+    bounds = ["--policy.pointcloud.bounds_low=[1,0,0]", "--policy.pointcloud.bounds_high=[0,1,1]"]
+    with pytest.raises(Exception, match=r"bounds_low \[1.0, 0.0, 0.0\] must be <= bounds_high"):
+        draccus.parse(config_class=TrainPipelineConfig, args=[*args, *bounds])
+    with pytest.raises(Exception, match="inference_noise_scale must be a finite number"):
+        draccus.parse(config_class=TrainPipelineConfig, args=[*args, "--policy.inference_noise_scale=-1"])

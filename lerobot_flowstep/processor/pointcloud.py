@@ -24,11 +24,13 @@ from lerobot.processor import ObservationProcessorStep, ProcessorStepRegistry
 from torch import Tensor
 
 from lerobot_flowstep.constants import OBS_POINTCLOUD, depth_key, extrinsics_key, intrinsics_key, rgb_key
+from lerobot_flowstep.core.config_errors import command_line_errors
 from lerobot_flowstep.core.geometry import FPS_BACKENDS, PixelRayCache, check_camera_parameters, fuse_pointcloud
 
 REGISTRY_NAME = "flowstep_pointcloud"
 
 
+@command_line_errors
 @dataclass
 class PointCloudConfig:
     """Which cameras to fuse into `observation.pointcloud` and how; `cameras=[]` disables the step.

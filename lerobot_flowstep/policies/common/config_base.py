@@ -10,11 +10,13 @@ from lerobot.optim import AdamWConfig, CosineDecayWithWarmupSchedulerConfig
 from lerobot.utils.constants import ACTION
 
 from lerobot_flowstep.constants import OBS_POINTCLOUD, depth_key, extrinsics_key, intrinsics_key, rgb_key
+from lerobot_flowstep.core.config_errors import command_line_errors
 from lerobot_flowstep.core.configuration_encoder import EncoderConfig, check_encoder_inputs
 from lerobot_flowstep.core.configuration_network import NetworkConfig
 from lerobot_flowstep.processor.pointcloud import PointCloudConfig
 
 
+@command_line_errors
 @dataclass
 class FlowstepBaseConfig(PreTrainedConfig):
     """Args:

@@ -10,6 +10,7 @@ from pathlib import Path
 from huggingface_hub.constants import CONFIG_NAME
 from lerobot.configs import PreTrainedConfig
 
+from lerobot_flowstep.core.config_errors import command_line_errors
 from lerobot_flowstep.core.flow_matching import SOLVERS
 from lerobot_flowstep.policies.common.config_base import FlowstepBaseConfig
 
@@ -52,11 +53,15 @@ def _read_teacher_config(teacher_path: str, version: int | None) -> PreTrainedCo
             "Hub repo id present in the local cache."
         ) from err
     if config.type != "flowstep_teacher":
-        raise ValueError(f"teacher_path '{teacher_path}' holds a '{config.type}' policy, not a flowstep_teacher.")
+        raise ValueError(
+            f"teacher_path '{teacher_path}' holds a '{config.type}' policy, not a flowstep_teacher: only a "
+            "flowstep_teacher checkpoint can be distilled (a student's config.json names its teacher as teacher_path)."
+        )
     return config
 
 
 @PreTrainedConfig.register_subclass("imle_student")
+@command_line_errors
 @dataclass
 class ImleStudentConfig(FlowstepBaseConfig):
     """One-step generator of action chunks, distilled from a `flowstep_teacher` by set-level IMLE.
