@@ -164,3 +164,46 @@ def test_a_refused_nested_setting_is_explained_on_the_command_line():
         draccus.parse(config_class=TrainPipelineConfig, args=[*args, *bounds])
     with pytest.raises(Exception, match="inference_noise_scale must be a finite number"):
         draccus.parse(config_class=TrainPipelineConfig, args=[*args, "--policy.inference_noise_scale=-1"])
+
+
+def test_a_student_given_other_input_features_than_its_teacher_says_so(tmp_path):
+    """LeRobot's test_multikey_construction builds a policy from given features and expects to see them."""
+    from conftest import ACTION_FEATURES
+    from lerobot.configs import FeatureType, PolicyFeature
+
+    from lerobot_flowstep.policies.flowstep_teacher import FlowstepTeacherConfig
+    from lerobot_flowstep.policies.imle_student.configuration_imle_student import ImleStudentConfig
+
+    def features(n):
+        return {"observation.state": PolicyFeature(FeatureType.STATE, (n,))}
+
+    teacher = FlowstepTeacherConfig(input_features=features(10), output_features=dict(ACTION_FEATURES))
+    teacher.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"given to this student \{'observation.state': \('STATE', \(6,\)\)\} differ"):
+        ImleStudentConfig(teacher_path=str(tmp_path), input_features=features(6), output_features=dict(ACTION_FEATURES))
+    same = ImleStudentConfig(teacher_path=str(tmp_path), input_features=features(10))
+    assert same.input_features["observation.state"].shape == (10,)
+    inherited = ImleStudentConfig(teacher_path=str(tmp_path))
+    assert inherited.input_features["observation.state"].shape == (10,)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("fps", 20, r"says fps=20, but episode 0 has a frame every 0.1 s \(10 fps\)"),
+        ("total_frames", 50, r"says total_frames=50, but its 2 episodes hold \d+ frames"),
+    ],
+)
+def test_an_edited_info_json_is_refused_when_the_policy_is_made(tmp_path, field, value, message):
+    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
+    from lerobot.policies.factory import make_policy
+
+    from lerobot_flowstep.datasets.obstacle_dataset import generate_obstacle_dataset
+    from lerobot_flowstep.policies.flowstep_teacher import FlowstepTeacherConfig
+
+    root = generate_obstacle_dataset(tmp_path / "data", repo_id="local/a", num_episodes=2)
+    make_policy(FlowstepTeacherConfig(device="cpu"), ds_meta=LeRobotDatasetMetadata("local/a", root=root))
+    info = json.loads((root / "meta" / "info.json").read_text())
+    (root / "meta" / "info.json").write_text(json.dumps(info | {field: value}))
+    with pytest.raises(ValueError, match=message):
+        make_policy(FlowstepTeacherConfig(device="cpu"), ds_meta=LeRobotDatasetMetadata("local/a", root=root))

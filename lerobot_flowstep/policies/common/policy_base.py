@@ -45,6 +45,8 @@ class FlowstepBasePolicy(PreTrainedPolicy):
 
     def __init__(self, config: FlowstepBaseConfig, **kwargs):
         super().__init__(config)
+        if kwargs.get("dataset_meta") is not None:  # what make_policy (lerobot-train) passes
+            check_dataset_timing(kwargs["dataset_meta"])
         config.validate_features()
         self.config = config
         self.encoder = UnifiedObservationEncoder(config.encoder, config.input_features, config.n_obs_steps)
@@ -350,6 +352,44 @@ class FlowstepBasePolicy(PreTrainedPolicy):
             dataset_meta=dataset_meta,
             dataset_repo_id=dataset_repo_id,
             num_parameters=sum(t.numel() for t in self.state_dict().values()),
+        )
+
+
+def check_dataset_timing(meta: LeRobotDatasetMetadata) -> None:
+    """Refuse a `meta/info.json` whose `fps` or `total_frames` contradicts the data, naming both values.
+
+    The policy's history and chunk are counted in frames and turned into the dataset's `delta_timestamps` with
+    `fps`; LeRobot's loader trusts info.json, so a hand-edited value would train silently on other offsets or
+    frames. Checked here, where `make_policy` (and so lerobot-train) hands the metadata over: `total_frames`
+    against the episode lengths, `fps` against the timestamps of the first episode of two frames or more."""
+    import numpy as np
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    info = Path(meta.root) / "meta" / "info.json"
+    episodes = meta.episodes
+    if episodes is None or len(episodes) == 0:
+        return
+    lengths = [int(n) for n in episodes["length"]]
+    if sum(lengths) != meta.total_frames:
+        raise ValueError(
+            f"{info} says total_frames={meta.total_frames}, but its {len(lengths)} episodes hold {sum(lengths)} "
+            "frames (meta/episodes). Was info.json edited? Set total_frames to the episodes' sum."
+        )
+    episode = next((i for i, n in enumerate(lengths) if n >= 2), None)
+    if episode is None:
+        return
+    index = int(episodes[episode]["episode_index"])
+    table = pq.read_table(Path(meta.root) / meta.get_data_file_path(episode), columns=["timestamp", "episode_index"])
+    timestamps = table.filter(pc.equal(table["episode_index"], index))["timestamp"].to_numpy()
+    if len(timestamps) < 2:
+        return
+    period = float(np.median(np.diff(timestamps)))
+    if not period > 0 or abs(period * meta.fps - 1.0) > 1e-3:
+        raise ValueError(
+            f"{info} says fps={meta.fps}, but episode {index} has a frame every {period:.6g} s "
+            f"({1 / period if period > 0 else float('inf'):.6g} fps). Was info.json edited? The policy's history and "
+            "chunk offsets are computed from fps: set it to the rate the data was recorded at."
         )
 
 
