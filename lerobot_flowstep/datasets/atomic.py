@@ -107,8 +107,9 @@ def _process_alive(pid: int) -> bool:
 
 
 def _replaceable(path: Path) -> bool:
-    """What `overwrite` may replace: a LeRobot dataset folder or an empty folder, never a link or a file."""
-    return path.is_dir() and not path.is_symlink() and (is_lerobot_dataset(path) or not any(path.iterdir()))
+    """What `overwrite` may replace (`check_destination`): a LeRobot dataset folder, an empty folder, or a link
+    to a folder (the link is replaced, not what it points to); never a file or another folder."""
+    return path.is_dir() and (path.is_symlink() or is_lerobot_dataset(path) or not any(path.iterdir()))
 
 
 def _appeared(root: Path, overwrite: bool) -> FileExistsError:
