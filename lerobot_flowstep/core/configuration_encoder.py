@@ -9,10 +9,12 @@ from lerobot.configs import FeatureType, PolicyFeature
 from lerobot.utils.constants import OBS_ENV_STATE, OBS_STATE
 
 from lerobot_flowstep.constants import OBS_POINTCLOUD, is_depth_key
+from lerobot_flowstep.core.config_errors import command_line_errors
 
 VISION_BACKBONES = ("resnet18", "conv")
 
 
+@command_line_errors
 @dataclass
 class EncoderConfig:
     """Which modalities the encoder uses and how big it is. Defaults train on a CPU."""

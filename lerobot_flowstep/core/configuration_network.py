@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lerobot_flowstep.core.config_errors import command_line_errors
+
 NETWORKS = ("mlp", "unet")
 
 
+@command_line_errors
 @dataclass
 class NetworkConfig:
     """`mlp`: residual MLP over the flattened chunk with FiLM conditioning (fast on CPU).

@@ -12,6 +12,7 @@ id, and the next write to the same destination removes it once that process is g
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -31,6 +32,8 @@ from lerobot_flowstep.datasets.video import video_backend
 
 logger = logging.getLogger(__name__)
 OWNER_FILE = "writer.pid"
+# A write that fails with less free space than this is reported as a full disk, whatever error it raised.
+_FULL_BELOW_BYTES = 1 << 20
 
 
 def is_lerobot_dataset(root: Path) -> bool:
@@ -105,17 +108,54 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _move_into_place(built: Path, root: Path, staging: Path) -> None:
+def _replaceable(path: Path) -> bool:
+    """What `overwrite` may replace (`check_destination`): a LeRobot dataset folder, an empty folder, or a link
+    to a folder (the link is replaced, not what it points to); never a file or another folder."""
+    return path.is_dir() and (path.is_symlink() or is_lerobot_dataset(path) or not any(path.iterdir()))
+
+
+def _appeared(root: Path, overwrite: bool) -> FileExistsError:
+    what = "a LeRobot dataset" if is_lerobot_dataset(root) else "something that is not a LeRobot dataset"
+    allowed = " (--overwrite replaces only a dataset)" if overwrite else " (pass --overwrite to replace a dataset)"
+    return FileExistsError(
+        f"{root} appeared while this write ran ({what}: another writer, or someone else?). It was left as it is "
+        f"and this run's dataset was discarded{allowed}; write again, or choose another output."
+    )
+
+
+def _commit(built: Path, root: Path, staging: Path, overwrite: bool) -> None:
+    """Move the finished dataset to `root`, checking `root` again now: the check at the start is minutes old.
+
+    A rename onto a non-empty folder fails (ENOTEMPTY), so two writers committing at once cannot replace each
+    other; only an empty folder created in the instant between the check and the rename is replaced."""
     if root.exists() or root.is_symlink():
+        if not overwrite or not _replaceable(root):
+            raise _appeared(root, overwrite)
         previous = staging / "previous"
-        os.replace(root, previous)
+        os.rename(root, previous)
         try:
-            os.replace(built, root)
+            os.rename(built, root)
         except BaseException:
-            os.replace(previous, root)
+            os.rename(previous, root)
             raise
-    else:
-        os.replace(built, root)
+        return
+    try:
+        os.rename(built, root)
+    except OSError as err:
+        if err.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            raise _appeared(root, overwrite) from err
+        raise
+
+
+def _restore_previous(previous: Path, root: Path) -> None:
+    """Put back the dataset a failed commit moved aside; if `root` is taken meanwhile, keep it beside `root`."""
+    try:
+        os.rename(previous, root)
+        return
+    except OSError:
+        rescue = root.with_name(f"{root.name}.previous-{os.getpid()}")
+        os.rename(previous, rescue)
+        logger.error("%s was taken while its previous dataset was moved aside; that dataset is now %s.", root, rescue)
 
 
 @contextlib.contextmanager
@@ -132,6 +172,68 @@ def quiet_datasets_progress_bars() -> Iterator[None]:
     finally:
         if not were_disabled:
             datasets.enable_progress_bars()
+
+
+class _NoSpaceRecorder(logging.Filter):
+    """Notes the first image LeRobot's image writer failed to write for lack of space, and keeps the same
+    message from repeating for every later frame: the writer logs such errors instead of raising them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.path: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        error = next((a for a in args if isinstance(a, OSError) and a.errno == errno.ENOSPC), None)
+        if error is None:
+            return True
+        first = self.path is None
+        if first:
+            self.path = str(args[0]) if args else str(error.filename)
+        return first
+
+
+def _no_space_error(error: BaseException) -> OSError | None:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _space_left(folder: Path) -> int | None:
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return None
+    return stats.f_bavail * stats.f_frsize
+
+
+@contextlib.contextmanager
+def _disk_full_errors(root: Path, staging: Path) -> Iterator[None]:
+    """Report a full disk as one error saying so and naming the file, instead of the later error it causes (an
+    image that was never written is "not found" when the episode is saved)."""
+    recorder = _NoSpaceRecorder()
+    image_logger = logging.getLogger("lerobot.datasets.image_writer")
+    image_logger.addFilter(recorder)
+    try:
+        yield
+    except Exception as err:
+        no_space = _no_space_error(err)
+        path = recorder.path or (no_space.filename if no_space is not None else None)
+        space = _space_left(staging)
+        if no_space is None and recorder.path is None and (space is None or space > _FULL_BELOW_BYTES):
+            raise
+        where = f"writing {path}" if path else f"writing into {staging}"
+        raise OSError(
+            errno.ENOSPC,
+            f"disk full: no space left while {where} (the dataset for {root}). Nothing changed at {root}: an "
+            "existing dataset there is kept as it was. Free some space and write again.",
+        ) from err
+    finally:
+        image_logger.removeFilter(recorder)
 
 
 @contextlib.contextmanager
@@ -158,12 +260,14 @@ def atomic_lerobot_dataset(
     # SystemExit instead unwinds through it. Only the main thread may set handlers.
     main_thread = threading.current_thread() is threading.main_thread()
     previous_handler = signal.signal(signal.SIGTERM, _exit_on_sigterm) if main_thread else None
+    committed = False
     try:
-        with quiet_datasets_progress_bars():
+        with quiet_datasets_progress_bars(), _disk_full_errors(root, staging):
             dataset = LeRobotDataset.create(root=built, **{"video_backend": video_backend(), **create_kwargs})
             yield dataset
             dataset.finalize()
-        _move_into_place(built, root, staging)
+        _commit(built, root, staging, overwrite)
+        committed = True
     finally:
         if dataset is not None:
             # Finalising before deleting keeps the writer's __del__ from flushing metadata into the
@@ -171,9 +275,9 @@ def atomic_lerobot_dataset(
             with contextlib.suppress(Exception):
                 dataset.finalize()
         previous = staging / "previous"
-        if previous.exists() and not (root.exists() or root.is_symlink()):
+        if previous.exists() and not committed:
             # Interrupted between moving the old dataset aside and moving the new one in: put the old one back.
-            os.replace(previous, root)
+            _restore_previous(previous, root)
         shutil.rmtree(staging, ignore_errors=True)
         if main_thread:
             signal.signal(signal.SIGTERM, previous_handler if previous_handler is not None else signal.SIG_DFL)

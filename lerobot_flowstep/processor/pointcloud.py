@@ -24,11 +24,13 @@ from lerobot.processor import ObservationProcessorStep, ProcessorStepRegistry
 from torch import Tensor
 
 from lerobot_flowstep.constants import OBS_POINTCLOUD, depth_key, extrinsics_key, intrinsics_key, rgb_key
+from lerobot_flowstep.core.config_errors import command_line_errors
 from lerobot_flowstep.core.geometry import FPS_BACKENDS, PixelRayCache, check_camera_parameters, fuse_pointcloud
 
 REGISTRY_NAME = "flowstep_pointcloud"
 
 
+@command_line_errors
 @dataclass
 class PointCloudConfig:
     """Which cameras to fuse into `observation.pointcloud` and how; `cameras=[]` disables the step.
@@ -63,6 +65,14 @@ class PointCloudConfig:
         for name, bound in (("bounds_low", self.bounds_low), ("bounds_high", self.bounds_high)):
             if bound is not None and len(bound) != 3:
                 raise ValueError(f"pointcloud.{name} must hold 3 numbers (x, y, z), got {bound}.")
+        if self.bounds_low is not None and self.bounds_high is not None:
+            pairs = list(zip(self.bounds_low, self.bounds_high, strict=True))
+            # NaN compares false, so it would drop every point like an inverted box: every cloud constant.
+            if any(not low <= high for low, high in pairs):
+                raise ValueError(
+                    f"pointcloud.bounds_low {self.bounds_low} must be <= bounds_high {self.bounds_high} on every axis "
+                    "(and neither NaN): this box holds no point, so every cloud would be the same filler."
+                )
         if self.voxel_size is not None and not self.voxel_size > 0:
             raise ValueError(f"pointcloud.voxel_size must be > 0 metres or null, got {self.voxel_size}.")
         if self.sampler not in FPS_BACKENDS:

@@ -12,6 +12,7 @@ from lerobot.optim import AdamWConfig, CosineDecayWithWarmupSchedulerConfig
 from lerobot.utils.constants import ACTION
 
 from lerobot_flowstep.constants import OBS_POINTCLOUD, depth_key, depth_map_key, extrinsics_key, intrinsics_key, rgb_key
+from lerobot_flowstep.core.config_errors import command_line_errors
 from lerobot_flowstep.core.configuration_encoder import EncoderConfig, check_encoder_inputs
 from lerobot_flowstep.core.configuration_network import NetworkConfig
 from lerobot_flowstep.processor.depth_maps import check_depth_map_settings, dataset_depth_maps
@@ -20,6 +21,7 @@ from lerobot_flowstep.processor.pointcloud import PointCloudConfig
 logger = logging.getLogger(__name__)
 
 
+@command_line_errors
 @dataclass
 class FlowstepBaseConfig(PreTrainedConfig):
     """Args:

@@ -24,10 +24,14 @@ from lerobot.utils.constants import ACTION, POLICY_PREPROCESSOR_DEFAULT_NAME
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
+from lerobot_flowstep.constants import OBS_POINTCLOUD
 from lerobot_flowstep.core.encoder import UnifiedObservationEncoder
 from lerobot_flowstep.policies.common.config_base import FlowstepBaseConfig
 from lerobot_flowstep.processor.pointcloud import REGISTRY_NAME as POINTCLOUD_REGISTRY_NAME
 from lerobot_flowstep.processor.pointcloud import PointCloudConfig
+
+# A point this far (metres) from the world origin is no part of any robot's scene: an overflowing depth reading.
+EXTREME_COORDINATE = 1e4
 
 if TYPE_CHECKING:
     from huggingface_hub import ModelCard
@@ -41,6 +45,8 @@ class FlowstepBasePolicy(PreTrainedPolicy):
 
     def __init__(self, config: FlowstepBaseConfig, **kwargs):
         super().__init__(config)
+        if kwargs.get("dataset_meta") is not None:  # what make_policy (lerobot-train) passes
+            check_dataset_timing(kwargs["dataset_meta"])
         config.validate_features()
         self.config = config
         self.encoder = UnifiedObservationEncoder(config.encoder, config.input_features, config.n_obs_steps)
@@ -82,6 +88,8 @@ class FlowstepBasePolicy(PreTrainedPolicy):
 
     def encode(self, batch: dict[str, Tensor]) -> Tensor:
         """(B, cond_dim) from a batch with the time dimension (B, n_obs_steps, ...) or a single frame."""
+        self.encoder.check_keys(batch)
+        self.check_observation_shapes(batch)
         return self.encoder(self._observation_history(batch))
 
     def training_info(self, stats: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, float]:
@@ -183,16 +191,21 @@ class FlowstepBasePolicy(PreTrainedPolicy):
     def predict_action_chunk(self, batch: dict[str, Tensor], noise: Tensor | None = None) -> Tensor:
         """The whole predicted chunk (B, horizon, action_dim), starting at the oldest observation, from a batch
         with the time dimension or a single frame (repeated as its own history). Like a re-plan in
-        `select_action` it updates `_last_chunk`, but it neither reads nor changes the rollout's frame history."""
-        return self._chunk_from_cond(self.encode(batch), noise)
+        `select_action` it updates `_last_chunk`, but it neither reads nor changes the rollout's frame history.
+        The chunk is returned on the host, read back there once and checked (`_host_actions`)."""
+        return self._host_actions(self._chunk_from_cond(self.encode(batch), noise), batch)
 
     @torch.no_grad()
     def select_action(self, batch: dict[str, Tensor], noise: Tensor | None = None) -> Tensor:
         """One action per env for one observation frame (B, ...); re-plans once the `n_action_steps` queued
-        actions are spent, conditioned on the last `n_obs_steps` frames."""
+        actions are spent, conditioned on the last `n_obs_steps` frames. The actions are queued on the host: a
+        re-plan reads the executed part of its chunk back once and checks it there (`_host_actions`), and the
+        other steps hand out host tensors, which the caller's `.cpu()` then does not wait for."""
         n_obs = self.config.n_obs_steps
         queued = len(self._queues[ACTION])
-        self.encoder.check_keys(batch)  # now, not when a frame kept raw is encoded a few steps later
+        # Now, not when a frame kept raw is encoded a few steps later.
+        self.encoder.check_keys(batch)
+        self.check_observation_shapes(batch, frame=True)
         frame = {k: batch[k] for k in self.encoder.input_keys}
         history = self._frame_features
         if not history:
@@ -209,8 +222,70 @@ class FlowstepBasePolicy(PreTrainedPolicy):
             steps = self._encoded_history()  # (B, n_obs_steps, step_dim)
             chunk = self._chunk_from_cond(self.encoder.fuse_steps(steps), noise)
             start = n_obs - 1
-            self._queues[ACTION].extend(chunk[:, start : start + self.config.n_action_steps].transpose(0, 1))
+            executed = self._host_actions(chunk[:, start : start + self.config.n_action_steps], frame)
+            self._queues[ACTION].extend(executed.transpose(0, 1))
         return self._queues[ACTION].popleft()
+
+    def _host_actions(self, actions: Tensor, observation: dict[str, Tensor]) -> Tensor:
+        """`actions` read back to the host, and refused there if any is NaN or inf: on a robot a NaN must stop
+        the run, not move the arm. Every caller reads the actions back to use them; doing it here, once per
+        chunk, lets the check ride on that readback, with no other synchronisation. The cause is looked for
+        only after a failure."""
+        host = actions.cpu()
+        if not bool(torch.isfinite(host).all()):
+            raise FloatingPointError(
+                f"{self.name}: the policy produced NaN or inf actions, which are not sent on. "
+                + self.nonfinite_cause(observation)
+            )
+        return host
+
+    def nonfinite_cause(self, observation: dict[str, Tensor]) -> str:
+        """What made non-finite actions, as far as it can be told: non-finite weights, non-finite observation keys
+        (or encoded features of an earlier frame of the history), or extreme values (a point cloud reaching far
+        outside any workspace)."""
+        weights = nonfinite_tensors(dict(self.named_parameters()) | dict(self.named_buffers()))
+        if weights:
+            return f"Cause: the weights hold NaN or inf in {describe_counts(weights)}; reload a sound checkpoint."
+        inputs = {k: v for k, v in observation.items() if isinstance(v, Tensor) and v.is_floating_point()}
+        bad = [k for k, v in inputs.items() if not bool(torch.isfinite(v).all())]
+        if bad:
+            return f"Cause: observation keys holding NaN or inf: {bad}."
+        largest = {k: float(v.abs().max()) for k, v in inputs.items() if v.numel()}
+        cloud = largest.get(OBS_POINTCLOUD)
+        if cloud is not None and cloud > EXTREME_COORDINATE:
+            return (
+                f"Cause: '{OBS_POINTCLOUD}' holds a coordinate of {cloud:.3g} m (a depth reading far beyond the "
+                "scene): the network overflows on it. Set pointcloud.bounds_low and bounds_high to the workspace "
+                "(then such points are dropped)."
+            )
+        history = [
+            i for i, f in enumerate(self._frame_features) if isinstance(f, Tensor) and not bool(f.isfinite().all())
+        ]
+        if history:
+            return (
+                f"Cause: the encoded features of history frames {history} (0 = oldest) hold NaN or inf: an "
+                "observation of this episode was non-finite or extreme."
+            )
+        top = dict(sorted(largest.items(), key=lambda item: -item[1])[:3])
+        return (
+            "No weight and no observation value is NaN or inf: the network overflowed. Largest absolute input "
+            f"values: { {k: f'{v:.3g}' for k, v in top.items()} }."
+        )
+
+    def check_observation_shapes(self, batch: dict[str, Tensor], frame: bool = False) -> None:
+        """Raise, naming the key, when an observation's shape differs from the one the policy was trained on (an
+        image rendered at another size), instead of a reshape error deep in the encoder. Shapes only: no
+        synchronisation. `frame`: the batch is one frame (B, ...), else it may also have the time dimension."""
+        for key in self.encoder.input_keys:
+            expected = tuple(self.config.input_features[key].shape)
+            got = tuple(batch[key].shape)
+            lead = got[: len(got) - len(expected)]
+            if got[len(lead) :] != expected or not 1 <= len(lead) <= (1 if frame else 2):
+                raise ValueError(
+                    f"'{key}' has shape {got}, but this policy was trained on {expected} per frame (batch first"
+                    + ("" if frame else ", then optionally the history")
+                    + "). Give observations as in training: same image size, cameras and point count."
+                )
 
     def _encoded_history(self) -> Tensor:
         """The history's features stacked oldest first, encoding in one call any frame still kept raw: that
@@ -241,12 +316,19 @@ class FlowstepBasePolicy(PreTrainedPolicy):
     def _load_as_safetensor(cls, model, model_file: str, map_location: str, strict: bool):
         try:
             check_checkpoint_shapes(model, model_file)
-            return super()._load_as_safetensor(model, model_file, map_location, strict)
+            model = super()._load_as_safetensor(model, model_file, map_location, strict)
         except SafetensorError as err:
             raise ValueError(
                 f"Cannot read the weights file {model_file}: {err}. It is truncated or corrupt (an interrupted "
                 "copy or download?); copy the checkpoint folder again."
             ) from err
+        weights = nonfinite_tensors(model.state_dict())
+        if weights:
+            raise ValueError(
+                f"The weights file {model_file} holds NaN or inf in {describe_counts(weights)}. The file is damaged "
+                "(flipped bits in a copy?) or was saved by a diverged run; copy it again or take an earlier checkpoint."
+            )
+        return model
 
     # --- Hub ------------------------------------------------------------------------------------
 
@@ -270,6 +352,44 @@ class FlowstepBasePolicy(PreTrainedPolicy):
             dataset_meta=dataset_meta,
             dataset_repo_id=dataset_repo_id,
             num_parameters=sum(t.numel() for t in self.state_dict().values()),
+        )
+
+
+def check_dataset_timing(meta: LeRobotDatasetMetadata) -> None:
+    """Refuse a `meta/info.json` whose `fps` or `total_frames` contradicts the data, naming both values.
+
+    The policy's history and chunk are counted in frames and turned into the dataset's `delta_timestamps` with
+    `fps`; LeRobot's loader trusts info.json, so a hand-edited value would train silently on other offsets or
+    frames. Checked here, where `make_policy` (and so lerobot-train) hands the metadata over: `total_frames`
+    against the episode lengths, `fps` against the timestamps of the first episode of two frames or more."""
+    import numpy as np
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    info = Path(meta.root) / "meta" / "info.json"
+    episodes = meta.episodes
+    if episodes is None or len(episodes) == 0:
+        return
+    lengths = [int(n) for n in episodes["length"]]
+    if sum(lengths) != meta.total_frames:
+        raise ValueError(
+            f"{info} says total_frames={meta.total_frames}, but its {len(lengths)} episodes hold {sum(lengths)} "
+            "frames (meta/episodes). Was info.json edited? Set total_frames to the episodes' sum."
+        )
+    episode = next((i for i, n in enumerate(lengths) if n >= 2), None)
+    if episode is None:
+        return
+    index = int(episodes[episode]["episode_index"])
+    table = pq.read_table(Path(meta.root) / meta.get_data_file_path(episode), columns=["timestamp", "episode_index"])
+    timestamps = table.filter(pc.equal(table["episode_index"], index))["timestamp"].to_numpy()
+    if len(timestamps) < 2:
+        return
+    period = float(np.median(np.diff(timestamps)))
+    if not period > 0 or abs(period * meta.fps - 1.0) > 1e-3:
+        raise ValueError(
+            f"{info} says fps={meta.fps}, but episode {index} has a frame every {period:.6g} s "
+            f"({1 / period if period > 0 else float('inf'):.6g} fps). Was info.json edited? The policy's history and "
+            "chunk offsets are computed from fps: set it to the rate the data was recorded at."
         )
 
 
@@ -308,6 +428,21 @@ def check_saved_pointcloud_step(pretrained: str | Path, config: FlowstepBaseConf
 def _hub_kwargs(kwargs: dict) -> dict:
     names = ("force_download", "resume_download", "proxies", "token", "cache_dir", "local_files_only", "revision")
     return {k: kwargs[k] for k in names if k in kwargs}
+
+
+def nonfinite_tensors(tensors: dict[str, Tensor]) -> dict[str, tuple[int, int]]:
+    """{name: (non-finite count, size)} of the floating-point tensors holding NaN or inf, read back in one transfer."""
+    floats = {k: v for k, v in tensors.items() if v.is_floating_point() and v.numel()}
+    if not floats:
+        return {}
+    device = next(iter(floats.values())).device
+    counts = torch.stack([(~torch.isfinite(v)).sum().to(device) for v in floats.values()]).tolist()
+    return {k: (count, floats[k].numel()) for k, count in zip(floats, counts, strict=True) if count}
+
+
+def describe_counts(bad: dict[str, tuple[int, int]], limit: int = 8) -> str:
+    named = ", ".join(f"'{k}' ({count} of {size} values)" for k, (count, size) in list(bad.items())[:limit])
+    return f"{len(bad)} tensors: {named}" + (", ..." if len(bad) > limit else "")
 
 
 def check_checkpoint_shapes(model: torch.nn.Module, model_file: str) -> None:

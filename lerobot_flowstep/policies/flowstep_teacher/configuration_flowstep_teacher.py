@@ -6,11 +6,13 @@ from dataclasses import dataclass
 
 from lerobot.configs import PreTrainedConfig
 
+from lerobot_flowstep.core.config_errors import command_line_errors
 from lerobot_flowstep.core.flow_matching import SOLVERS, TIME_SAMPLINGS
 from lerobot_flowstep.policies.common.config_base import FlowstepBaseConfig
 
 
 @PreTrainedConfig.register_subclass("flowstep_teacher")
+@command_line_errors
 @dataclass
 class FlowstepTeacherConfig(FlowstepBaseConfig):
     """CFM teacher: a velocity network on normalized action chunks, sampled by ODE integration.

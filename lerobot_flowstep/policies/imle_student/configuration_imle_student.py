@@ -10,6 +10,8 @@ from pathlib import Path
 from huggingface_hub.constants import CONFIG_NAME
 from lerobot.configs import PreTrainedConfig
 
+from lerobot_flowstep.constants import OBS_POINTCLOUD
+from lerobot_flowstep.core.config_errors import command_line_errors
 from lerobot_flowstep.core.flow_matching import SOLVERS
 from lerobot_flowstep.policies.common.config_base import FlowstepBaseConfig
 
@@ -54,11 +56,15 @@ def _read_teacher_config(teacher_path: str, version: int | None) -> PreTrainedCo
             "Hub repo id present in the local cache."
         ) from err
     if config.type != "flowstep_teacher":
-        raise ValueError(f"teacher_path '{teacher_path}' holds a '{config.type}' policy, not a flowstep_teacher.")
+        raise ValueError(
+            f"teacher_path '{teacher_path}' holds a '{config.type}' policy, not a flowstep_teacher: only a "
+            "flowstep_teacher checkpoint can be distilled (a student's config.json names its teacher as teacher_path)."
+        )
     return config
 
 
 @PreTrainedConfig.register_subclass("imle_student")
+@command_line_errors
 @dataclass
 class ImleStudentConfig(FlowstepBaseConfig):
     """One-step generator of action chunks, distilled from a `flowstep_teacher` by set-level IMLE.
@@ -184,6 +190,8 @@ class ImleStudentConfig(FlowstepBaseConfig):
             for name in INHERITED_FIELDS:
                 if name == "input_features" and not teacher.input_features:
                     continue  # a teacher config saved before features were known leaves them to the dataset
+                if name == "input_features" and self.input_features:
+                    check_given_input_features(self.input_features, teacher, self.teacher_path)
                 setattr(self, name, copy.deepcopy(getattr(teacher, name)))
             self.teacher_config_inherited = True
         if self.extra_generator_blocks and self.network.type != "mlp":
@@ -192,6 +200,25 @@ class ImleStudentConfig(FlowstepBaseConfig):
                 f"this student's network is a '{self.network.type}'."
             )
         super().__post_init__()
+
+
+def check_given_input_features(given: dict, teacher: PreTrainedConfig, teacher_path: str) -> None:
+    """A student sees its teacher's inputs: input features given to it (a Python caller's, or LeRobot's tests')
+    must be the teacher's, not be replaced by them without a word. lerobot-train gives none here (it fills
+    them from the dataset only when the config has none), so the teacher's subset of the dataset is kept."""
+
+    def described(features: dict) -> dict:
+        return {k: (v.type.value, tuple(v.shape)) for k, v in features.items()}
+
+    expected = dict(teacher.input_features)
+    if teacher.pointcloud.enabled and OBS_POINTCLOUD not in given:
+        expected.pop(OBS_POINTCLOUD, None)  # the point-cloud step adds it when the policy is built
+    if described(given) != described(expected):
+        raise ValueError(
+            f"The input_features given to this student {described(given)} differ from its teacher's "
+            f"{described(expected)} ('{teacher_path}'): a student sees what its teacher saw. Give the teacher's "
+            "features, none (they are then copied), or set inherit_teacher_config=false."
+        )
 
 
 def check_teacher_compatibility(student: ImleStudentConfig, teacher: PreTrainedConfig) -> None:
