@@ -34,9 +34,15 @@ from lerobot_flowstep.processor.pointcloud import PointCloudConfig
 
 DEPTH_STORAGES = ("video", "image")
 RGB_STORAGES = ("auto", "video", "image")
-# LeRobot's RGB encoder (SVT-AV1) fails on frames smaller than this in either dimension.
+# LeRobot's RGB encoder (SVT-AV1) fails on frames smaller than this in either dimension, its depth encoder
+# (x265) below 16.
 MIN_RGB_VIDEO_SIZE = 64
+MIN_DEPTH_VIDEO_SIZE = 16
 _IMAGE_NAMES = ["height", "width", "channels"]
+
+
+class CameraMovedError(ValueError):
+    """A frame of a camera written as fixed has other parameters than its recorded calibration."""
 
 
 def rgb_dtype(storage: str, height: int, width: int) -> str:
@@ -65,6 +71,11 @@ def camera_features(
     fixed camera, or per-frame intrinsics and camera-to-world extrinsics when `calibration` is None (moving)."""
     if depth_storage not in DEPTH_STORAGES:
         raise ValueError(f"depth storage must be one of {DEPTH_STORAGES}, got '{depth_storage}'.")
+    if depth_storage == "video" and min(height, width) < MIN_DEPTH_VIDEO_SIZE:
+        raise ValueError(
+            f"Depth video needs frames of at least {MIN_DEPTH_VIDEO_SIZE} px (LeRobot's x265 depth encoder fails "
+            f"below); camera '{camera}' is {height}x{width}: store its depth as image (--depth-storage image)."
+        )
     features = {
         rgb_key(camera): {
             "dtype": rgb_dtype(rgb_storage, height, width),
@@ -94,7 +105,7 @@ def camera_frame(
 ) -> dict[str, np.ndarray]:
     """One frame of `camera_features(camera, ..., calibration)` for `add_frame`: `depth` (H, W), (1, H, W) or
     (H, W, 1) metres. A fixed camera's parameters must equal its `calibration` (a camera that moved would be
-    back-projected from the wrong pose without a word): ValueError naming the camera otherwise."""
+    back-projected from the wrong pose without a word): CameraMovedError naming the camera otherwise."""
     depth = np.asarray(depth, dtype=np.float32)
     if depth.ndim == 3 and depth.shape[0] == 1:
         depth = depth[0]
@@ -109,7 +120,7 @@ def camera_frame(
         return frame
     for name, given in ((INTRINSICS_INFO, intrinsics), (EXTRINSICS_INFO, extrinsics)):
         if not np.allclose(np.asarray(given, dtype=np.float64), calibration[name], rtol=1e-5, atol=1e-5):
-            raise ValueError(
+            raise CameraMovedError(
                 f"Camera '{camera}' is written as a fixed camera (calibration in its depth map's info), but this "
                 f"frame's {name} differ from the recorded ones: {np.asarray(given).tolist()} vs "
                 f"{calibration[name]}. Write it as a moving camera (per-frame parameters)."

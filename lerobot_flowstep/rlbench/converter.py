@@ -41,7 +41,13 @@ from tqdm import tqdm
 from lerobot_flowstep.constants import OBS_POINTCLOUD
 from lerobot_flowstep.datasets.atomic import atomic_lerobot_dataset, check_destination
 from lerobot_flowstep.datasets.calibration import calibration_info
-from lerobot_flowstep.datasets.features import camera_features, camera_frame, pointcloud_feature, uses_video
+from lerobot_flowstep.datasets.features import (
+    CameraMovedError,
+    camera_features,
+    camera_frame,
+    pointcloud_feature,
+    uses_video,
+)
 from lerobot_flowstep.processor.pointcloud import PointCloudConfig, fused_pointclouds
 from lerobot_flowstep.rlbench.conventions import (
     ACTION_MODES,
@@ -270,13 +276,12 @@ def convert_rlbench(
             written = _write_episode(
                 dataset, arrays, cameras, calibrations, action_mode, keyframes_only, pointcloud, variation, description
             )
-        except ValueError as err:
-            if isinstance(err, RLBenchDataError):
-                raise
-            # A fixed camera that moved: the episode cannot be written with the calibration in the info.
-            raise RLBenchDataError(
-                episode.name, episode.path, f"{err} (pass the camera in moving_cameras / --moving-cameras)"
-            ) from err
+        except CameraMovedError as err:
+            problem = f"{err} (pass the camera in moving_cameras / --moving-cameras)"
+            if not skip_bad_episodes:
+                raise RLBenchDataError(episode.name, episode.path, problem) from err
+            summary.skipped.append((episode.name, problem))
+            return
         summary.episodes += 1
         summary.frames += written
         bar.set_postfix(frames=summary.frames)
