@@ -12,7 +12,8 @@ older checkout's writers, under the same names):
   `lerobot-flowstep convert rlbench --cameras front,left_shoulder,right_shoulder,wrist` writes them, with
   (`--pointcloud`, 1024 points) and without the stored cloud.
 
-Per dataset: samples/s at `num_workers` 0 and 2 (batch 64, one warm-up batch, then `--batches` timed), a
+Per dataset: samples/s at `num_workers` 0 and 2 (batch 64, one warm-up batch, then `--batches` timed; a
+dataset whose batch of 64 would take longer than `--max-batch-seconds` by its profile gets smaller batches), a
 cProfile of `__getitem__` (`profile_<name>.txt`), and for the datasets without a stored cloud the time the
 policy's depth and point-cloud steps take on a batch (work that moves into the training step). Last, a short
 `lerobot-train` run of the point cloud + state teacher (`configs/metaworld/teacher_pc.json` at 64 px, batch 128,
@@ -115,7 +116,7 @@ def throughput(root: Path, workers: int, batch_size: int, batches: int) -> dict[
         samples += len(next(batches_iter)["index"])
     seconds = time.perf_counter() - start
     del batches_iter
-    return {"samples_per_s": samples / seconds, "samples": samples, "seconds": seconds}
+    return {"samples_per_s": samples / seconds, "samples": samples, "seconds": seconds, "batch_size": batch_size}
 
 
 def profile(root: Path, out: Path, samples: int = 16) -> dict[str, Any]:
@@ -220,6 +221,9 @@ def main() -> None:
     parser.add_argument("--baseline", action="append", default=[], metavar="NAME=ROOT")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--batches", type=int, default=3, help="timed batches after the warm-up one")
+    parser.add_argument(
+        "--max-batch-seconds", type=float, default=40.0, help="smaller batches for datasets slower than this"
+    )
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--train-steps", type=int, default=6, help="lerobot-train steps (0: skip)")
     args = parser.parse_args()
@@ -246,8 +250,12 @@ def main() -> None:
     for name, root in roots.items():
         measure(f"{name}/size_kib", du_kib, root)
         measure(f"{name}/profile", profile, root, output / f"profile_{name}.txt")
+        # A dataset that reads slowly is timed on smaller batches (named in the result), so that a run stays
+        # within minutes: at seconds per sample, the rate hardly depends on the batch size.
+        per_sample_s = results[f"{name}/profile"]["ms_per_sample"] / 1e3
+        batch_size = max(4, min(args.batch_size, int(args.max_batch_seconds / per_sample_s) // 4 * 4))
         for workers in args.workers:
-            measure(f"{name}/workers{workers}", throughput, root, workers, args.batch_size, args.batches)
+            measure(f"{name}/workers{workers}", throughput, root, workers, batch_size, args.batches)
         if OBS_POINTCLOUD not in LeRobotDatasetMetadata(REPO_ID, root=root).features:
             measure(f"{name}/online_cloud", online_cloud, root, args.batch_size)
     if args.train_steps:

@@ -777,6 +777,7 @@ def test_real_demos_depth_reads_back_within_the_quantizer_bound(real_dataset) ->
     assert checked == 2 * 3 * len(RLBENCH_CAMERAS)
 
 
+@pytest.mark.slow
 def test_lerobot_s_viewer_opens_a_converted_dataset(converted, tmp_path: Path) -> None:
     """`lerobot-dataset-viz --mode local --save 1` writes a rerun recording of an episode, depth maps included."""
     pytest.importorskip("rerun", reason="lerobot-dataset-viz needs LeRobot's `viz` extra (rerun-sdk)")
@@ -789,6 +790,8 @@ def test_lerobot_s_viewer_opens_a_converted_dataset(converted, tmp_path: Path) -
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     recordings = list(tmp_path.glob("*.rrd"))
     assert len(recordings) == 1 and recordings[0].stat().st_size > 10_000
+    recording = recordings[0].read_bytes()
+    assert b"DepthImage" in recording and depth_map_key("front").encode() in recording  # logged as depth
 
 
 @pytest.fixture(scope="module")
