@@ -93,7 +93,12 @@ def add_convert_rlbench_parser(convert_subparsers: argparse._SubParsersAction) -
         help="ee_pose: next gripper pose + gripper open; joint_positions: next joint positions + gripper open",
     )
     parser.add_argument("--keyframes", action="store_true", help="keep only keyframes (gripper change or arm at rest)")
-    parser.add_argument("--pointcloud", action="store_true", help="also store the fused world-frame point cloud")
+    parser.add_argument(
+        "--pointcloud",
+        action="store_true",
+        help="also store the fused world-frame point cloud (LeRobot's reader formats it with every row a sample "
+        "reads, which slows lerobot-train; without it the policy's step makes the cloud from depth)",
+    )
     parser.add_argument("--pointcloud-cameras", default=None, help="cameras fused into it (default: --cameras)")
     parser.add_argument("--num-points", type=int, default=1024, help="farthest-point-sampled cloud size")
     parser.add_argument("--pointcloud-rgb", action="store_true", help="append each point's colour in [0, 1]")
