@@ -140,12 +140,16 @@ def train_in_memory(config: Path, output: Path, desc: str) -> Path:
     from lerobot.configs.train import TrainPipelineConfig
     from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 
+    from lerobot_flowstep.constants import OBS_DEPTH_PREFIX, depth_map_key
     from lerobot_flowstep.tools.training import load_samples, train_policy_on_dataset
 
     cfg = TrainPipelineConfig.from_pretrained(config, cli_args=[])
     root = Path(cfg.dataset.root)
     meta = LeRobotDatasetMetadata(cfg.dataset.repo_id, root=root)
-    samples = load_samples(cfg.dataset.repo_id, root, cfg.policy, meta, set(cfg.policy.input_features))
+    keys = set(cfg.policy.input_features)
+    # A camera's metric depth is made from the dataset's depth map by the policy's preprocessor.
+    keys |= {depth_map_key(k.removeprefix(f"{OBS_DEPTH_PREFIX}.")) for k in keys if k.startswith(OBS_DEPTH_PREFIX)}
+    samples = load_samples(cfg.dataset.repo_id, root, cfg.policy, meta, keys)
     _, checkpoint, _ = train_policy_on_dataset(
         cfg.policy, cfg.dataset.repo_id, root, output, cfg.steps, cfg.batch_size, cfg.seed, desc, samples
     )

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from lerobot_flowstep.core.flow_matching import SOLVERS
+from lerobot_flowstep.datasets.features import add_storage_arguments
 from lerobot_flowstep.datasets.zarr_cli import add_convert_zarr_parser
 from lerobot_flowstep.hub.cli import add_hub_parsers
 from lerobot_flowstep.metaworld.cli import add_generate_metaworld_parser
@@ -25,6 +26,8 @@ def _generate(args: argparse.Namespace) -> None:
         image_size=args.image_size,
         seed=args.seed,
         overwrite=args.overwrite,
+        depth_storage=args.depth_storage,
+        rgb_storage=args.rgb_storage,
     )
     print(f"Wrote {root} (load it with LeRobotDataset('{args.repo_id}', root='{root}')).")
 
@@ -132,8 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--repo-id", default="local/flowstep_obstacle")
     gen.add_argument("--episodes", type=int, default=200)
     gen.add_argument("--num-modes", type=int, default=2, choices=(2, 4))
-    gen.add_argument("--camera", action="store_true", help="also record RGB, depth and camera parameters")
+    gen.add_argument("--camera", action="store_true", help="also record the RGB-D camera, calibrated")
     gen.add_argument("--image-size", type=int, default=64)
+    add_storage_arguments(gen)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--overwrite", action="store_true")
     gen.set_defaults(func=_generate)

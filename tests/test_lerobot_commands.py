@@ -149,6 +149,10 @@ def test_camera_teacher_with_point_clouds_trains_and_evaluates_through_lerobot(t
     config = json.loads((checkpoint / "config.json").read_text())
     assert config["input_features"]["observation.pointcloud"]["shape"] == [64, 3]
     assert "observation.images.top" in config["input_features"]
+    # The dataset's depth map reaches the policy as metric depth, with the camera's calibration from its info.
+    assert "observation.depth.top" in config["input_features"]
+    assert "observation.images.top_depth" not in config["input_features"]
+    assert "top" in config["pointcloud"]["fixed_cameras"]
     _eval(tmp_path, "camera", checkpoint, ["--env.camera=true", "--env.image_size=32"])
 
 

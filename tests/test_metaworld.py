@@ -233,22 +233,24 @@ def dataset_root(tmp_path_factory):
 def test_generator_writes_successful_episodes_with_the_step_s_cloud(dataset_root):
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    from lerobot_flowstep.metaworld.demos import metaworld_pointcloud_config
-    from lerobot_flowstep.processor.pointcloud import fused_pointclouds
-
     dataset = LeRobotDataset("local/metaworld_push", root=dataset_root)
     assert dataset.meta.total_episodes == 2 and dataset.meta.robot_type == "flowstep_metaworld"
     frame = dataset[3]
     assert frame["observation.state"].shape == (13,) and frame["action"].shape == (4,)
     assert frame["observation.images.corner2"].shape == (3, 32, 32)
-    # The stored cloud is what the processor step's own function makes of the stored depth and camera.
-    again = fused_pointclouds(
-        [frame["observation.depth.corner2"].numpy()],
-        [frame["observation.camera.corner2.intrinsics"].numpy()[None]],
-        [frame["observation.camera.corner2.extrinsics"].numpy()[None]],
-        metaworld_pointcloud_config(num_points=64),
-    )[0]
-    assert np.allclose(frame["observation.pointcloud"].numpy(), again, atol=1e-5)
+    # The camera is fixed: its calibration is in the depth map's info, which LeRobot reads back in millimetres.
+    info = dataset.meta.features["observation.images.corner2_depth"]["info"]
+    assert info["is_depth_map"] and "observation.camera.corner2.intrinsics" not in dataset.meta.features
+    depth = frame["observation.images.corner2_depth"][0].double() / 1000
+    points, valid = depth_to_world_points(
+        depth, torch.tensor(info["camera_intrinsics"]).double(), torch.tensor(info["camera_to_world"]).double()
+    )
+    # The stored cloud was fused from the env's float depth by the step's own function: every point lies on the
+    # surface the stored depth map and calibration give, within the depth codec's millimetres.
+    cloud = frame["observation.pointcloud"].double()
+    assert cloud.shape == (64, 3)
+    nearest = torch.cdist(cloud, points[valid & (depth > 0.02).flatten()]).min(dim=1).values
+    assert nearest.max() < 0.01, nearest.max()
     assert list(dataset.meta.tasks.index) == ["Push the puck to a goal"]
     # Every kept episode ends where the expert succeeded: replaying its actions from its seed succeeds.
     episode = dataset.meta.episodes[0]
@@ -324,6 +326,7 @@ def test_a_metaworld_policy_card_says_how_to_evaluate_it(dataset_root):
         input_features={k: v for k, v in features.items() if k != "action"},
         output_features={"action": features["action"]},
     )
+    config.set_dataset_feature_metadata(meta.features)  # as make_policy: the depth map becomes metric depth
     card = str(render_policy_card(config, repo_id="org/push", dataset_meta=meta))
     expected = "--env.type=flowstep_metaworld --env.task=<metaworld task> --env.cameras=[corner2] --env.image_size=32"
     assert expected in card

@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from depth_codec import depth_read_back_bound, in_range
 from lerobot.configs import FeatureType
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from lerobot.utils.feature_utils import dataset_to_policy_features
 
-from lerobot_flowstep.constants import depth_key, extrinsics_key, intrinsics_key, rgb_key
+from lerobot_flowstep.constants import depth_map_key, extrinsics_key, intrinsics_key, rgb_key
 from lerobot_flowstep.datasets import obstacle_dataset
+from lerobot_flowstep.datasets.features import camera_frame, rgb_dtype
 from lerobot_flowstep.datasets.obstacle_dataset import EXPERT_MODE, expert_episodes, generate_obstacle_dataset
 from lerobot_flowstep.envs.expert import classify_trajectory
 from lerobot_flowstep.envs.obstacle import ObstacleLayout
@@ -49,13 +51,25 @@ def test_round_trip_matches_expert(camera_dataset: Path) -> None:
         # The recorded states are a trajectory of the mode stored beside them.
         assert classify_trajectory(episode.positions, ObstacleLayout.preset(2)) == episode.mode
 
-    # Images and depth are stored losslessly.
+    # RGB below 64 px is stored as PNG, losslessly; depth as LeRobot's depth video, read back in millimetres
+    # within the quantizer's bound.
     first = episodes[0].observations[0]
     item = dataset[0]
     np.testing.assert_array_equal(
         (item[rgb_key("top")] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy(), first["pixels"]["top"]
     )
-    np.testing.assert_array_equal(item[depth_key("top")].numpy(), first["depth.top"])
+    info = dataset.meta.features[depth_map_key("top")]["info"]
+    assert dataset.meta.features[depth_map_key("top")]["dtype"] == "video" and info["depth_unit"] == "m"
+    metres = item[depth_map_key("top")].numpy().astype(np.float64) / 1000
+    source = first["depth.top"].astype(np.float64)
+    assert in_range(source, info).all()
+    error = np.abs(metres - source)
+    assert (error <= depth_read_back_bound(source, info, "mm")).all(), error.max()
+    assert error.max() > 0  # a lossy store, so the bound is what is checked
+    # The fixed camera's calibration travels in the depth map's info; no per-frame parameters.
+    np.testing.assert_allclose(info["camera_intrinsics"], first["camera.top.intrinsics"], rtol=1e-6)
+    np.testing.assert_allclose(info["camera_to_world"], first["camera.top.extrinsics"], rtol=1e-6, atol=1e-7)
+    assert intrinsics_key("top") not in dataset.meta.features and extrinsics_key("top") not in dataset.meta.features
 
 
 def test_item_keys_shapes_and_dtypes(camera_dataset: Path) -> None:
@@ -67,14 +81,12 @@ def test_item_keys_shapes_and_dtypes(camera_dataset: Path) -> None:
         "action": ((2,), torch.float32),
         EXPERT_MODE: ((), torch.int64),
         rgb_key("top"): ((3, 32, 32), torch.float32),
-        depth_key("top"): ((1, 32, 32), torch.float32),
-        intrinsics_key("top"): ((3, 3), torch.float32),
-        extrinsics_key("top"): ((4, 4), torch.float32),
+        depth_map_key("top"): ((1, 32, 32), torch.float32),
     }
     for key, (shape, dtype) in expected.items():
         assert tuple(item[key].shape) == shape and item[key].dtype == dtype, key
     assert isinstance(item["task"], str) and item["task"]
-    assert float(item[depth_key("top")].min()) > 0.0
+    assert float(item[depth_map_key("top")].min()) > 1000.0  # millimetres: the table is metres away
 
     # Policies see observations and the action, never the expert's mode.
     features = dataset_to_policy_features(dataset.meta.features)
@@ -82,8 +94,51 @@ def test_item_keys_shapes_and_dtypes(camera_dataset: Path) -> None:
     assert features[rgb_key("top")].type is FeatureType.VISUAL
     assert features[rgb_key("top")].shape == (3, 32, 32)
     assert features["observation.environment_state"].type is FeatureType.ENV
-    assert features[depth_key("top")].type is FeatureType.STATE
+    assert dataset.meta.depth_keys == [depth_map_key("top")]  # LeRobot's own view: a depth map
     assert features["action"].type is FeatureType.ACTION
+
+
+def test_depth_as_images_is_exact_and_the_policy_reads_either_storage(tmp_path: Path, camera_dataset: Path) -> None:
+    from lerobot.policies.factory import make_policy
+
+    from lerobot_flowstep.constants import depth_key
+    from lerobot_flowstep.policies.flowstep_teacher.configuration_flowstep_teacher import FlowstepTeacherConfig
+
+    args = {**CAMERA_ARGS, "num_episodes": 1}
+    root = generate_obstacle_dataset(tmp_path / "images", repo_id=REPO_ID, depth_storage="image", **args)
+    dataset = LeRobotDataset(REPO_ID, root=root, depth_output_unit="m")
+    assert dataset.meta.features[depth_map_key("top")]["dtype"] == "image"
+    first = next(iter(expert_episodes(**args))).observations[0]
+    np.testing.assert_array_equal(dataset[0][depth_map_key("top")].numpy(), first["depth.top"])
+    for source in (root, camera_dataset):
+        config = FlowstepTeacherConfig(device="cpu", horizon=8, n_action_steps=4)
+        config.pointcloud.cameras, config.pointcloud.num_points = ["top"], 32
+        make_policy(config, ds_meta=LeRobotDataset(REPO_ID, root=source).meta)
+        assert depth_key("top") in config.input_features and depth_map_key("top") not in config.input_features
+        calibration = config.pointcloud.fixed_cameras["top"]
+        np.testing.assert_allclose(calibration["intrinsics"], first["camera.top.intrinsics"], rtol=1e-6)
+
+
+def test_rgb_video_needs_64_pixels_and_a_fixed_camera_must_not_move() -> None:
+    assert rgb_dtype("auto", 32, 32) == "image" and rgb_dtype("auto", 64, 128) == "video"
+    with pytest.raises(ValueError, match="at least 64 px"):
+        rgb_dtype("video", 48, 64)
+    k, t = np.diag([50.0, 50.0, 1.0]), np.eye(4)
+    k[:2, 2] = 16
+    calibration = {"camera_intrinsics": k.tolist(), "camera_to_world": t.tolist()}
+    rgb, depth = np.zeros((32, 32, 3), np.uint8), np.ones((1, 32, 32), np.float32)
+    frame = camera_frame("top", rgb, depth, k, t, calibration)
+    assert frame[depth_map_key("top")].shape == (32, 32, 1) and intrinsics_key("top") not in frame
+    moved = t.copy()
+    moved[0, 3] = 0.01
+    with pytest.raises(ValueError, match="Camera 'top' is written as a fixed camera.*camera_to_world"):
+        camera_frame("top", rgb, depth, k, moved, calibration)
+    assert set(camera_frame("top", rgb, depth, k, moved)) == {
+        rgb_key("top"),
+        depth_map_key("top"),
+        intrinsics_key("top"),
+        extrinsics_key("top"),
+    }
 
 
 def test_action_chunks_with_delta_timestamps(camera_dataset: Path) -> None:

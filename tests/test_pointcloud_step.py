@@ -42,6 +42,31 @@ def test_two_cameras_fuse_in_the_world_frame_with_per_frame_and_fixed_parameters
     assert set(cloud[1, :, 2].round(decimals=4).tolist()) == {1.0, 3.0}
 
 
+def test_a_video_depth_map_without_time_meets_per_frame_parameters_with_it():
+    """n_obs_steps=1: LeRobot gives a video frame queried at one timestamp as (B, 1, H, W) (channel, no time) and
+    a parquet column as (B, 1, ...) (time): the step puts the time back, giving what the parquet layout gives."""
+    step = PointCloudProcessorStep(cameras=["wrist"], num_points=16, use_rgb=True, sampler="torch")
+    depth = 1.0 + torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    rgb = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    params = {
+        "observation.camera.wrist.intrinsics": torch.tensor(K).expand(2, 1, 3, 3),
+        "observation.camera.wrist.extrinsics": torch.stack([_pose(0.0), _pose(1.0)])[:, None],
+    }
+    from_video = step.observation({"observation.depth.wrist": depth, "observation.images.wrist": rgb, **params})
+    from_parquet = step.observation(
+        {"observation.depth.wrist": depth[:, None], "observation.images.wrist": rgb[:, None], **params}
+    )
+    assert from_video[OBS_POINTCLOUD].shape == (2, 1, 16, 6)
+    torch.testing.assert_close(from_video[OBS_POINTCLOUD], from_parquet[OBS_POINTCLOUD])
+    # A fixed camera whose colours are PNG in the parquet rows (time kept) and depth a video (time dropped).
+    fixed = PointCloudProcessorStep(
+        cameras=["top"], num_points=16, use_rgb=True, sampler="torch",
+        fixed_cameras={"top": {"intrinsics": K, "extrinsics": _pose(1.0).tolist()}},
+    )  # fmt: skip
+    cloud = fixed.observation({"observation.depth.top": depth, "observation.images.top": rgb[:, None]})
+    assert cloud[OBS_POINTCLOUD].shape == (2, 1, 16, 6)
+
+
 def test_missing_parameters_and_bad_config_name_the_key():
     step = PointCloudProcessorStep(cameras=["wrist"], num_points=4)
     with pytest.raises(ValueError, match="observation.camera.wrist.intrinsics"):

@@ -19,6 +19,7 @@ from lerobot.envs.utils import env_to_policy_features, preprocess_observation
 from lerobot.policies.factory import make_pre_post_processors
 from lerobot.utils.feature_utils import dataset_to_policy_features
 
+from lerobot_flowstep.datasets.calibration import calibration_info
 from lerobot_flowstep.policies.flowstep_teacher.configuration_flowstep_teacher import FlowstepTeacherConfig
 from lerobot_flowstep.policies.flowstep_teacher.modeling_flowstep_teacher import FlowstepTeacherPolicy
 from lerobot_flowstep.rlbench.conventions import (
@@ -54,13 +55,28 @@ def fake_env(**kwargs) -> RLBenchEnv:
 def test_env_type_is_registered_and_matches_the_converted_dataset() -> None:
     cfg = make_env_config("rlbench", backend="fake", cameras=CAMERAS, image_size=24, pointcloud_cameras=["front"])
     assert isinstance(cfg, RLBenchEnvConfig) and cfg.type == "rlbench" and cfg.gym_id == RLBENCH_GYM_ID
-    env_features = env_to_policy_features(cfg)
-    dataset_features = dataset_to_policy_features(
-        rlbench_dataset_features(CAMERAS, {c: (24, 24) for c in CAMERAS}, "ee_pose", _pointcloud_options(["front"]))
+    env_features = {k: (v.type, v.shape) for k, v in env_to_policy_features(cfg).items()}
+    # The converter writes depth maps, the fixed front camera's calibration once in their info and the wrist's
+    # parameters per frame; a policy made from that dataset takes metric depth, which the env gives directly.
+    front_k = [[20.0, 0.0, 12.0], [0.0, 20.0, 12.0], [0.0, 0.0, 1.0]]
+    calibrations = {"front": calibration_info("front", front_k, np.eye(4))}
+    spec = rlbench_dataset_features(
+        CAMERAS, {c: (24, 24) for c in CAMERAS}, "ee_pose", _pointcloud_options(["front"]), calibrations
     )
-    assert {k: (v.type, v.shape) for k, v in env_features.items()} == {
-        k: (v.type, v.shape) for k, v in dataset_features.items()
+    features = dataset_to_policy_features(spec)
+    config = FlowstepTeacherConfig(
+        input_features={k: v for k, v in features.items() if k != "action"},
+        output_features={"action": features["action"]},
+    )
+    config.set_dataset_feature_metadata(spec)
+    policy_inputs = {k: (v.type, v.shape) for k, v in config.input_features.items()}
+    assert policy_inputs.items() <= env_features.items(), set(policy_inputs.items()) - set(env_features.items())
+    # The env gives the fixed camera's parameters per frame too; the policy reads them from its config.
+    assert set(env_features) - set(policy_inputs) - {"action"} == {
+        "observation.camera.front.intrinsics",
+        "observation.camera.front.extrinsics",
     }
+    assert config.pointcloud.fixed_cameras["front"]["intrinsics"] == front_k
     with pytest.raises(ValueError, match="backend"):
         RLBenchEnvConfig(backend="mujoco")
     with pytest.raises(ValueError, match="side"):

@@ -117,22 +117,38 @@ def calibrate_dataset(
             f"Camera '{camera}' needs both intrinsics and camera-to-world extrinsics; missing: {missing} "
             "(give --intrinsics / --extrinsics numbers, or a --calibration-file holding them)."
         )
-    check_camera_parameters([torch.from_numpy(k)], [torch.from_numpy(t)], [f"{camera} ({source})"])
-    if not np.allclose(t[3], [0, 0, 0, 1]):
-        raise ValueError(f"The extrinsics of camera '{camera}' are not a rigid transform: last row {t[3].tolist()}.")
-    height, width = _image_size(features[key])
-    cx, cy = k[0, 2], k[1, 2]
-    if not (0 <= cx <= width and 0 <= cy <= height):
-        raise ValueError(
-            f"The principal point ({cx:g}, {cy:g}) of camera '{camera}' lies outside its {width}x{height} depth map: "
-            "were the intrinsics calibrated at another resolution?"
-        )
+    calibration = calibration_info(camera, k, t, source, _image_size(features[key]))
     feature_info = features[key].setdefault("info", {}) or {}
-    feature_info[INTRINSICS_INFO] = k.tolist()
-    feature_info[EXTRINSICS_INFO] = t.tolist()
+    feature_info.update(calibration)
     features[key]["info"] = feature_info
     write_json_atomic(info_path, info)
     return info_path
+
+
+def calibration_info(
+    camera: str,
+    intrinsics: Sequence[float] | np.ndarray,
+    extrinsics: Sequence[float] | np.ndarray,
+    source: str = "the writer",
+    image_size: tuple[int, int] | None = None,
+) -> dict[str, list[list[float]]]:
+    """The info entries of a depth map that carry its camera's calibration, checked: finite, non-zero focal
+    lengths, a rigid camera-to-world transform and, given the (height, width), a principal point inside the map.
+    The one format `calibrate_dataset` and the plugin's writers write."""
+    k = _matrix(intrinsics, (3, 3), source, "intrinsics")
+    t = _matrix(extrinsics, (4, 4), source, "extrinsics")
+    check_camera_parameters([torch.from_numpy(k)], [torch.from_numpy(t)], [f"{camera} ({source})"])
+    if not np.allclose(t[3], [0, 0, 0, 1]):
+        raise ValueError(f"The extrinsics of camera '{camera}' are not a rigid transform: last row {t[3].tolist()}.")
+    if image_size is not None:
+        height, width = image_size
+        cx, cy = k[0, 2], k[1, 2]
+        if not (0 <= cx <= width and 0 <= cy <= height):
+            raise ValueError(
+                f"The principal point ({cx:g}, {cy:g}) of camera '{camera}' lies outside its {width}x{height} "
+                "depth map: were the intrinsics calibrated at another resolution?"
+            )
+    return {INTRINSICS_INFO: k.tolist(), EXTRINSICS_INFO: t.tolist()}
 
 
 def _image_size(feature: dict[str, Any]) -> tuple[int, int]:

@@ -3,8 +3,9 @@
 Columns (frame t holds the observation the expert acted on and that action):
 - `observation.state` (2,) float32, `observation.environment_state` (2 + 2K,) float32, `action` (2,)
   float32 (absolute target position);
-- with `camera=True`: `observation.images.top` image (H, W, 3) PNG, `observation.depth.top` (1, H, W)
-  float32 metres, `observation.camera.top.intrinsics` (3, 3) and `.extrinsics` (4, 4) float32;
+- with `camera=True`: the fixed camera `top` as LeRobot records an RGB-D camera (`datasets.features`):
+  `observation.images.top` (H, W, 3) and the depth map `observation.images.top_depth` (H, W, 1), a depth video
+  by default, with the camera's intrinsics and camera-to-world extrinsics in the depth map's info;
 - `expert_mode` int64: the mode the expert picked for the episode. It is not under `observation.` or
   `action`, so `dataset_to_policy_features` ignores it and policies never see it; evaluation code uses
   it to check mode coverage.
@@ -12,6 +13,7 @@ Columns (frame t holds the observation the expert acted on and that action):
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -24,9 +26,9 @@ from lerobot.datasets.lerobot_dataset import LeRobotDataset  # noqa: F401
 from lerobot.utils.constants import ACTION, OBS_ENV_STATE, OBS_STATE
 from tqdm import tqdm
 
-from lerobot_flowstep.constants import depth_key, extrinsics_key, intrinsics_key, rgb_key
-from lerobot_flowstep.datasets.atomic import atomic_lerobot_dataset
-from lerobot_flowstep.datasets.features import camera_features
+from lerobot_flowstep.datasets.atomic import atomic_lerobot_dataset, check_destination
+from lerobot_flowstep.datasets.calibration import calibration_info
+from lerobot_flowstep.datasets.features import camera_features, camera_frame, uses_video
 from lerobot_flowstep.envs.expert import ExpertEpisode, ScriptedExpert, run_expert_episode
 from lerobot_flowstep.envs.obstacle import CAMERA_NAME, TASK_DESCRIPTION, ObstacleLayout, ObstacleReachEnv
 
@@ -35,8 +37,16 @@ EXPERT_MODE = "expert_mode"
 DEFAULT_REPO_ID = "local/flowstep_obstacle"
 
 
-def obstacle_dataset_features(num_modes: int, camera: bool, image_size: int) -> dict[str, dict[str, Any]]:
-    """LeRobot feature spec of the dataset written by `generate_obstacle_dataset`."""
+def obstacle_dataset_features(
+    num_modes: int,
+    camera: bool,
+    image_size: int,
+    calibration: dict[str, Any] | None = None,
+    depth_storage: str = "video",
+    rgb_storage: str = "auto",
+) -> dict[str, dict[str, Any]]:
+    """LeRobot feature spec of the dataset written by `generate_obstacle_dataset`; `calibration`
+    (`calibration_info`) of the fixed camera when `camera`."""
     layout = ObstacleLayout.preset(num_modes)
     env_names = ["goal_x", "goal_y"]
     for k in range(layout.num_obstacles):
@@ -48,11 +58,25 @@ def obstacle_dataset_features(num_modes: int, camera: bool, image_size: int) -> 
         EXPERT_MODE: {"dtype": "int64", "shape": (1,), "names": None},
     }
     if camera:
-        features.update(camera_features(CAMERA_NAME, image_size, image_size))
+        if calibration is None:
+            raise ValueError("The obstacle task's camera is fixed: give its calibration (calibration_info).")
+        features.update(camera_features(CAMERA_NAME, image_size, image_size, calibration, depth_storage, rgb_storage))
     return features
 
 
-def _frame(observation: dict[str, Any], action: np.ndarray, mode: int, task: str, camera: bool) -> dict:
+def camera_calibration(observation: dict[str, Any]) -> dict[str, Any]:
+    """The info entries of the fixed camera's calibration, from an observation of the env."""
+    return calibration_info(
+        CAMERA_NAME,
+        observation[f"camera.{CAMERA_NAME}.intrinsics"],
+        observation[f"camera.{CAMERA_NAME}.extrinsics"],
+        "ObstacleReachEnv",
+    )
+
+
+def _frame(
+    observation: dict[str, Any], action: np.ndarray, mode: int, task: str, calibration: dict[str, Any] | None
+) -> dict:
     frame: dict[str, Any] = {
         OBS_STATE: np.asarray(observation["agent_pos"], dtype=np.float32),
         OBS_ENV_STATE: np.asarray(observation["environment_state"], dtype=np.float32),
@@ -60,11 +84,15 @@ def _frame(observation: dict[str, Any], action: np.ndarray, mode: int, task: str
         EXPERT_MODE: np.array([mode], dtype=np.int64),
         "task": task,
     }
-    if camera:
-        frame[rgb_key(CAMERA_NAME)] = observation["pixels"][CAMERA_NAME]
-        frame[depth_key(CAMERA_NAME)] = observation[f"depth.{CAMERA_NAME}"]
-        frame[intrinsics_key(CAMERA_NAME)] = observation[f"camera.{CAMERA_NAME}.intrinsics"]
-        frame[extrinsics_key(CAMERA_NAME)] = observation[f"camera.{CAMERA_NAME}.extrinsics"]
+    if calibration is not None:
+        frame |= camera_frame(
+            CAMERA_NAME,
+            observation["pixels"][CAMERA_NAME],
+            observation[f"depth.{CAMERA_NAME}"],
+            observation[f"camera.{CAMERA_NAME}.intrinsics"],
+            observation[f"camera.{CAMERA_NAME}.extrinsics"],
+            calibration,
+        )
     return frame
 
 
@@ -93,12 +121,16 @@ def generate_obstacle_dataset(
     image_size: int = 64,
     seed: int = 0,
     overwrite: bool = False,
+    depth_storage: str = "video",
+    rgb_storage: str = "auto",
 ) -> Path:
     """Roll the scripted expert `num_episodes` times and write the demonstrations to `root`.
 
     The dataset is built in a temporary folder beside `root` and renamed into place only once it is
     complete, so an interrupted or failed run (KeyboardInterrupt included) leaves nothing at `root`,
     nor a temporary folder. Load the result offline with `LeRobotDataset(repo_id, root=root)`.
+
+    `depth_storage` / `rgb_storage`: how the camera is stored (`datasets.features`).
 
     Raises FileExistsError if `root` exists and `overwrite` is False, ValueError for an unsupported
     `num_modes` (2 or 4) or `num_episodes` < 1.
@@ -110,21 +142,31 @@ def generate_obstacle_dataset(
         raise ValueError(f"num_episodes must be at least 1, got {num_episodes!r}")
     if image_size < 8:
         raise ValueError(f"image_size must be at least 8, got {image_size!r}")
-    with atomic_lerobot_dataset(
-        root,
-        overwrite=overwrite,
-        repo_id=repo_id,
-        fps=FPS,
-        features=obstacle_dataset_features(num_modes, camera, image_size),
-        robot_type="flowstep_obstacle",
-        use_videos=False,
-    ) as dataset:
-        with closing(expert_episodes(num_episodes, num_modes, camera, image_size, seed)) as episodes:
+    check_destination(root, overwrite)
+    # Closed on every path, an early stop or an error included: the generator's clean-up closes the env.
+    with closing(expert_episodes(num_episodes, num_modes, camera, image_size, seed)) as generator:
+        episodes: Iterator[ExpertEpisode] = generator
+        calibration = None
+        if camera:
+            # The camera is fixed: its calibration, read off the first observation, goes into the feature spec.
+            first = next(generator)
+            calibration = camera_calibration(first.observations[0])
+            episodes = itertools.chain([first], generator)
+        features = obstacle_dataset_features(num_modes, camera, image_size, calibration, depth_storage, rgb_storage)
+        with atomic_lerobot_dataset(
+            root,
+            overwrite=overwrite,
+            repo_id=repo_id,
+            fps=FPS,
+            features=features,
+            robot_type="flowstep_obstacle",
+            use_videos=uses_video(features),
+        ) as dataset:
             progress = tqdm(episodes, total=num_episodes, desc="expert episodes", unit="episode")
             for index, episode in enumerate(progress):
                 if not episode.success:
                     raise RuntimeError(f"expert failed episode {index} (mode {episode.mode})")
                 for observation, action in zip(episode.observations[:-1], episode.actions, strict=True):
-                    dataset.add_frame(_frame(observation, action, episode.mode, TASK_DESCRIPTION, camera))
+                    dataset.add_frame(_frame(observation, action, episode.mode, TASK_DESCRIPTION, calibration))
                 dataset.save_episode()
     return root

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lerobot_flowstep.datasets.features import add_storage_arguments
 from lerobot_flowstep.metaworld.env import DEFAULT_CAMERAS
 
 
@@ -25,6 +26,8 @@ def _generate_metaworld(args: argparse.Namespace) -> None:
         pointcloud=pointcloud,
         seed=args.seed,
         overwrite=args.overwrite,
+        depth_storage=args.depth_storage,
+        rgb_storage=args.rgb_storage,
     )
     print(f"Wrote {root}.")
 
@@ -43,9 +46,16 @@ def add_generate_metaworld_parser(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--cameras", nargs="+", default=list(DEFAULT_CAMERAS))
     gen.add_argument("--image-size", type=int, default=128)
     gen.add_argument("--max-steps", type=int, default=200, help="an expert episode longer than this is a failure")
-    gen.add_argument("--pointcloud", action="store_true", help="also store observation.pointcloud")
+    gen.add_argument(
+        "--pointcloud",
+        action="store_true",
+        help="also store observation.pointcloud (for in-memory training; it makes lerobot-train's reader about 8x "
+        "slower, since LeRobot formats it with every row a sample reads: without it the policy's step makes the "
+        "cloud from depth)",
+    )
     gen.add_argument("--pointcloud-cameras", nargs="+", help="cameras fused into the cloud (default: --cameras)")
     gen.add_argument("--num-points", type=int, default=512)
+    add_storage_arguments(gen)
     gen.add_argument("--seed", type=int, default=0, help="seed of the first episode; the next ones count up")
     gen.add_argument("--overwrite", action="store_true")
     gen.set_defaults(func=_generate_metaworld)

@@ -1,11 +1,12 @@
 """MetaWorld's scripted experts written as a LeRobotDataset v3: `lerobot-flowstep generate-metaworld`.
 
 One seed per episode (`reset(seed=...)` fixes the scene), only successful episodes kept, as DP3 does; the
-writer is atomic (nothing appears at `--output` until the dataset is complete). Columns per frame, as the
-`flowstep_metaworld` env emits them under LeRobot's keys: `observation.images.<cam>` (PNG),
-`observation.depth.<cam>` (1, H, W) float32 metres, `observation.camera.<cam>.intrinsics` / `.extrinsics`,
-`observation.state` (13,) and `action` (4,); with a point-cloud config also `observation.pointcloud`, fused by
-the processor step's own function, so a policy trained on it skips the fusion.
+writer is atomic (nothing appears at `--output` until the dataset is complete). Columns per frame: each
+camera as LeRobot records an RGB-D camera (`datasets.features`: `observation.images.<cam>` and the depth map
+`observation.images.<cam>_depth`, a depth video by default, MetaWorld's cameras being fixed, with their
+calibration in the depth map's info), `observation.state` (13,) and `action` (4,); with a point-cloud config
+also `observation.pointcloud`, fused by the processor step's own function from the env's float depth, so a
+policy trained on it skips the fusion.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import numpy as np
 from lerobot.utils.constants import ACTION, OBS_STATE
 from tqdm import tqdm
 
-from lerobot_flowstep.constants import OBS_POINTCLOUD, depth_key, extrinsics_key, intrinsics_key, rgb_key
-from lerobot_flowstep.datasets.atomic import atomic_lerobot_dataset
-from lerobot_flowstep.datasets.features import camera_features, pointcloud_feature
+from lerobot_flowstep.constants import OBS_POINTCLOUD
+from lerobot_flowstep.datasets.atomic import atomic_lerobot_dataset, check_destination
+from lerobot_flowstep.datasets.calibration import calibration_info
+from lerobot_flowstep.datasets.features import camera_features, camera_frame, pointcloud_feature, uses_video
 from lerobot_flowstep.metaworld.env import ACTION_DIM, DEFAULT_CAMERAS, STATE_NAMES, MetaworldRGBDEnv
 from lerobot_flowstep.metaworld.tasks import metaworld_task
 from lerobot_flowstep.processor.pointcloud import PointCloudConfig, fused_pointclouds
@@ -42,17 +44,33 @@ def metaworld_pointcloud_config(
 
 
 def metaworld_dataset_features(
-    cameras: list[str], image_size: int, pointcloud: PointCloudConfig | None
+    cameras: list[str],
+    image_size: int,
+    pointcloud: PointCloudConfig | None,
+    calibrations: dict[str, dict[str, Any]],
+    depth_storage: str = "video",
+    rgb_storage: str = "auto",
 ) -> dict[str, dict[str, Any]]:
+    """The feature spec `generate_metaworld_dataset` writes; `calibrations` (`camera_calibrations`) per camera."""
     features: dict[str, dict[str, Any]] = {
         OBS_STATE: {"dtype": "float32", "shape": (len(STATE_NAMES),), "names": list(STATE_NAMES)},
         ACTION: {"dtype": "float32", "shape": (ACTION_DIM,), "names": list(ACTION_NAMES)},
     }
     for cam in cameras:
-        features.update(camera_features(cam, image_size, image_size))
+        features.update(camera_features(cam, image_size, image_size, calibrations[cam], depth_storage, rgb_storage))
     if pointcloud is not None:
         features.update(pointcloud_feature(pointcloud))
     return features
+
+
+def camera_calibrations(observation: dict[str, Any], cameras: list[str]) -> dict[str, dict[str, Any]]:
+    """The info entries of each (fixed) camera's calibration, from an observation of the env."""
+    return {
+        cam: calibration_info(
+            cam, observation[f"camera.{cam}.intrinsics"], observation[f"camera.{cam}.extrinsics"], "MetaworldRGBDEnv"
+        )
+        for cam in cameras
+    }
 
 
 def expert_episode(env: MetaworldRGBDEnv, seed: int, max_steps: int) -> tuple[list[dict], list[np.ndarray], bool]:
@@ -68,7 +86,10 @@ def expert_episode(env: MetaworldRGBDEnv, seed: int, max_steps: int) -> tuple[li
 
 
 def _frames(
-    observations: list[dict], actions: list[np.ndarray], cameras: list[str], pointcloud: PointCloudConfig | None
+    observations: list[dict],
+    actions: list[np.ndarray],
+    calibrations: dict[str, dict[str, Any]],
+    pointcloud: PointCloudConfig | None,
 ) -> list[dict[str, Any]]:
     clouds = None
     if pointcloud is not None:
@@ -88,11 +109,15 @@ def _frames(
     frames = []
     for t, (obs, action) in enumerate(zip(observations, actions, strict=True)):
         frame: dict[str, Any] = {OBS_STATE: obs["agent_pos"], ACTION: np.asarray(action, dtype=np.float32)}
-        for cam in cameras:
-            frame[rgb_key(cam)] = obs["pixels"][cam]
-            frame[depth_key(cam)] = obs[f"depth.{cam}"]
-            frame[intrinsics_key(cam)] = obs[f"camera.{cam}.intrinsics"]
-            frame[extrinsics_key(cam)] = obs[f"camera.{cam}.extrinsics"]
+        for cam, calibration in calibrations.items():
+            frame |= camera_frame(
+                cam,
+                obs["pixels"][cam],
+                obs[f"depth.{cam}"],
+                obs[f"camera.{cam}.intrinsics"],
+                obs[f"camera.{cam}.extrinsics"],
+                calibration,
+            )
         if clouds is not None:
             frame[OBS_POINTCLOUD] = clouds[t]
         frames.append(frame)
@@ -110,9 +135,12 @@ def generate_metaworld_dataset(
     pointcloud: PointCloudConfig | None = None,
     seed: int = 0,
     overwrite: bool = False,
+    depth_storage: str = "video",
+    rgb_storage: str = "auto",
 ) -> Path:
     """Write `num_episodes` successful expert episodes of `task` to `root`; episode seeds are `seed`, `seed`+1,
-    ... (skipping those the expert fails). Raises RuntimeError when the expert fails `MAX_ATTEMPTS_PER_EPISODE`
+    ... (skipping those the expert fails). `depth_storage` / `rgb_storage`: see `datasets.features`.
+    Raises RuntimeError when the expert fails `MAX_ATTEMPTS_PER_EPISODE`
     seeds in a row, ValueError for an unknown task or camera, FileExistsError when `root` exists."""
     info = metaworld_task(task)
     if num_episodes < 1:
@@ -123,16 +151,21 @@ def generate_metaworld_dataset(
         if missing:
             raise ValueError(f"Point-cloud camera(s) {missing} are not recorded; recorded cameras: {cameras}.")
     repo_id = repo_id or f"local/metaworld_{info.name.removesuffix('-v3').replace('-', '_')}"
+    check_destination(Path(root), overwrite)
     env = MetaworldRGBDEnv(info.name, cameras=cameras, image_size=image_size)
     try:
+        # MetaWorld's cameras are fixed: their calibration goes into the feature spec (every frame is checked
+        # against it when written).
+        calibrations = camera_calibrations(env.reset(seed=seed)[0], cameras)
+        features = metaworld_dataset_features(cameras, image_size, pointcloud, calibrations, depth_storage, rgb_storage)
         with atomic_lerobot_dataset(
             Path(root),
             overwrite=overwrite,
             repo_id=repo_id,
             fps=80,
-            features=metaworld_dataset_features(cameras, image_size, pointcloud),
+            features=features,
             robot_type="flowstep_metaworld",
-            use_videos=False,
+            use_videos=uses_video(features),
         ) as dataset:
             episode_seed, failures = seed, 0
             bar = tqdm(total=num_episodes, desc=f"{info.name} expert episodes", unit="episode")
@@ -148,7 +181,7 @@ def generate_metaworld_dataset(
                         )
                     continue
                 failures = 0
-                for frame in _frames(observations, actions, cameras, pointcloud):
+                for frame in _frames(observations, actions, calibrations, pointcloud):
                     dataset.add_frame({**frame, "task": info.description})
                 dataset.save_episode()
                 bar.update(1)

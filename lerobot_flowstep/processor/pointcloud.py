@@ -147,6 +147,28 @@ def fused_pointclouds(
     return clouds.numpy().astype(np.float32, copy=False)
 
 
+def _align_time(
+    depths: list[Tensor], intrinsics: list[Tensor], extrinsics: list[Tensor], colors: list[Tensor]
+) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
+    """Give every input the same frame dimensions. LeRobot drops the time dimension of a video frame queried at
+    a single timestamp (n_obs_steps=1) but keeps it for parquet columns, so a batch may hold a depth video
+    (B, H, W) beside per-frame parameters (B, 1, 3, 3) or PNG colours (B, 1, 3, H, W): the missing time
+    dimension is put back after the batch one. Fixed cameras' unbatched parameters broadcast as they are."""
+    frames = [d.ndim - 2 for d in depths] + [m.ndim - 2 for m in (*intrinsics, *extrinsics)]
+    frames += [c.ndim - 3 for c in colors]
+    target = max(frames)
+
+    def aligned(x: Tensor, trailing: int) -> Tensor:
+        return x.unsqueeze(1) if x.ndim - trailing == target - 1 and x.ndim > trailing else x
+
+    return (
+        [aligned(d, 2) for d in depths],
+        [aligned(m, 2) for m in intrinsics],
+        [aligned(m, 2) for m in extrinsics],
+        [aligned(c, 3) for c in colors],
+    )
+
+
 @ProcessorStepRegistry.register(name=REGISTRY_NAME)
 @dataclass
 class PointCloudProcessorStep(PointCloudConfig, ObservationProcessorStep):
@@ -207,6 +229,7 @@ class PointCloudProcessorStep(PointCloudConfig, ObservationProcessorStep):
                 if rgb_key(camera) not in observation:
                     raise KeyError(f"PointCloudProcessorStep(use_rgb=True): '{rgb_key(camera)}' is missing.")
                 colors.append(torch.as_tensor(observation[rgb_key(camera)]).to(depth))
+        depths, intrinsics, extrinsics, colors = _align_time(depths, intrinsics, extrinsics, colors)
         observation[OBS_POINTCLOUD] = self.fuse(
             depths, intrinsics, extrinsics, colors=colors, ray_cache=self._ray_cache, empty_fill=self.empty_fill
         )

@@ -5,8 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lerobot_flowstep.datasets.features import add_storage_arguments
 from lerobot_flowstep.processor.pointcloud import PointCloudConfig
-from lerobot_flowstep.rlbench.conventions import ACTION_MODES, DEFAULT_BOUNDS_HIGH, DEFAULT_BOUNDS_LOW, RLBENCH_CAMERAS
+from lerobot_flowstep.rlbench.conventions import (
+    ACTION_MODES,
+    DEFAULT_BOUNDS_HIGH,
+    DEFAULT_BOUNDS_LOW,
+    RLBENCH_CAMERAS,
+    RLBENCH_MOVING_CAMERAS,
+)
 from lerobot_flowstep.rlbench.converter import convert_rlbench
 from lerobot_flowstep.rlbench.demo_files import discover_episodes
 from lerobot_flowstep.rlbench.geometry_check import check_rlbench_geometry
@@ -56,6 +63,9 @@ def _convert_rlbench(args: argparse.Namespace) -> None:
         skip_bad_episodes=args.skip_bad_episodes,
         overwrite=args.overwrite,
         image_writer_threads=args.image_writer_threads,
+        moving_cameras=_names(args.moving_cameras),
+        depth_storage=args.depth_storage,
+        rgb_storage=args.rgb_storage,
     )
     print(summary.format())
     print(f"Load it with LeRobotDataset('{summary.repo_id}', root='{summary.root}').")
@@ -83,7 +93,12 @@ def add_convert_rlbench_parser(convert_subparsers: argparse._SubParsersAction) -
         help="ee_pose: next gripper pose + gripper open; joint_positions: next joint positions + gripper open",
     )
     parser.add_argument("--keyframes", action="store_true", help="keep only keyframes (gripper change or arm at rest)")
-    parser.add_argument("--pointcloud", action="store_true", help="also store the fused world-frame point cloud")
+    parser.add_argument(
+        "--pointcloud",
+        action="store_true",
+        help="also store the fused world-frame point cloud (LeRobot's reader formats it with every row a sample "
+        "reads, which slows lerobot-train; without it the policy's step makes the cloud from depth)",
+    )
     parser.add_argument("--pointcloud-cameras", default=None, help="cameras fused into it (default: --cameras)")
     parser.add_argument("--num-points", type=int, default=1024, help="farthest-point-sampled cloud size")
     parser.add_argument("--pointcloud-rgb", action="store_true", help="append each point's colour in [0, 1]")
@@ -104,6 +119,13 @@ def add_convert_rlbench_parser(convert_subparsers: argparse._SubParsersAction) -
         action="store_true",
         help="first check that the cameras agree on the table plane and overlap (first episode, frame 0)",
     )
+    parser.add_argument(
+        "--moving-cameras",
+        default=",".join(RLBENCH_MOVING_CAMERAS),
+        help="cameras whose parameters are stored per frame (default: wrist); the others' go into the dataset's "
+        "info once, and every frame must match them",
+    )
+    add_storage_arguments(parser)
     parser.add_argument("--image-writer-threads", type=int, default=0, help="threads writing PNGs (0: inline)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.set_defaults(func=_convert_rlbench)

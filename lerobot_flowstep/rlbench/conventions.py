@@ -19,6 +19,8 @@ from lerobot_flowstep.core.geometry import flip_negative_focal, look_at_extrinsi
 from lerobot_flowstep.processor.pointcloud import PointCloudConfig
 
 RLBENCH_CAMERAS = ("front", "left_shoulder", "right_shoulder", "overhead", "wrist")
+# The cameras that move with the arm; the others stand still in every scene.
+RLBENCH_MOVING_CAMERAS = ("wrist",)
 FPS = 20
 # RLBench's `DEPTH_SCALE`: depth PNGs pack the normalised depth as a 24-bit integer (R high, B low byte).
 DEPTH_SCALE = 2**24 - 1

@@ -2,12 +2,16 @@
 
 Input: a task folder as RLBench's dataset generators write it (layouts in `lerobot_flowstep.rlbench.demo_files`).
 
-Output columns (frame t):
-- `observation.images.<cam>` (H, W, 3) image, stored losslessly as PNG;
-- `observation.depth.<cam>` (1, H, W) float32 metres (camera-frame z), decoded from RLBench's 24-bit
-  RGB-packed depth PNG with that frame's near/far planes;
-- `observation.camera.<cam>.intrinsics` (3, 3) / `.extrinsics` (4, 4) float32, per frame, rewritten from
-  RLBench's convention (negative focal lengths) to the plugin's OpenCV one (`geometry.flip_negative_focal`);
+Output columns (frame t), each camera as LeRobot records an RGB-D camera (`datasets.features`):
+- `observation.images.<cam>` (H, W, 3): RGB video (128 px and up) or PNG (`--rgb-storage`);
+- `observation.images.<cam>_depth` (H, W, 1) depth map, `info.is_depth_map`: metres (camera-frame z) decoded
+  from RLBench's 24-bit RGB-packed depth PNG with that frame's near/far planes, written through LeRobot's depth
+  encoder (lossless 12-bit log-quantized video over 0.01-10 m, which holds RLBench's far planes of 3.2-4.5 m;
+  pixels on the 0.01 m near plane read back as invalid) or as exact TIFF (`--depth-storage image`);
+- camera parameters rewritten from RLBench's convention (negative focal lengths) to the plugin's OpenCV one
+  (`geometry.flip_negative_focal`): for a fixed camera (all but the wrist) in its depth map's info
+  (`camera_intrinsics`, `camera_to_world`; every frame is checked against them), for a moving one per frame as
+  `observation.camera.<cam>.intrinsics` (3, 3) / `.extrinsics` (4, 4) float32;
 - `observation.state` (15,): 7 joint positions, gripper open (0/1), gripper position (3) and quaternion
   (qx, qy, qz, qw);
 - `action` (8,): the next frame's gripper pose + gripper open (`ee_pose`), or its joint positions + gripper
@@ -34,9 +38,16 @@ import numpy as np
 from lerobot.utils.constants import ACTION, OBS_STATE
 from tqdm import tqdm
 
-from lerobot_flowstep.constants import OBS_POINTCLOUD, depth_key, extrinsics_key, intrinsics_key, rgb_key
+from lerobot_flowstep.constants import OBS_POINTCLOUD
 from lerobot_flowstep.datasets.atomic import atomic_lerobot_dataset, check_destination
-from lerobot_flowstep.datasets.features import camera_features, pointcloud_feature
+from lerobot_flowstep.datasets.calibration import calibration_info
+from lerobot_flowstep.datasets.features import (
+    CameraMovedError,
+    camera_features,
+    camera_frame,
+    pointcloud_feature,
+    uses_video,
+)
 from lerobot_flowstep.processor.pointcloud import PointCloudConfig, fused_pointclouds
 from lerobot_flowstep.rlbench.conventions import (
     ACTION_MODES,
@@ -44,6 +55,7 @@ from lerobot_flowstep.rlbench.conventions import (
     FPS,
     FRAME_COLUMN,
     RLBENCH_CAMERAS,
+    RLBENCH_MOVING_CAMERAS,
     STATE_NAMES,
     TARGET_COLUMN,
     VARIATION_COLUMN,
@@ -124,8 +136,13 @@ def rlbench_dataset_features(
     image_shapes: dict[str, tuple[int, int]],
     action_mode: str,
     pointcloud: PointCloudConfig | None = None,
+    calibrations: dict[str, dict[str, Any] | None] | None = None,
+    depth_storage: str = "video",
+    rgb_storage: str = "auto",
 ) -> dict[str, dict[str, Any]]:
-    """The LeRobot feature spec `convert_rlbench` writes."""
+    """The LeRobot feature spec `convert_rlbench` writes; `calibrations[cam]` is a fixed camera's calibration
+    (`calibration_info`), None (or absent) for a moving one."""
+    calibrations = calibrations or {}
     features: dict[str, dict[str, Any]] = {
         OBS_STATE: {"dtype": "float32", "shape": (len(STATE_NAMES),), "names": list(STATE_NAMES)},
         ACTION: {"dtype": "float32", "shape": (8,), "names": list(ACTION_NAMES[action_mode])},
@@ -134,7 +151,7 @@ def rlbench_dataset_features(
         TARGET_COLUMN: {"dtype": "int64", "shape": (1,), "names": None},
     }
     for cam in cameras:
-        features.update(camera_features(cam, *image_shapes[cam]))
+        features.update(camera_features(cam, *image_shapes[cam], calibrations.get(cam), depth_storage, rgb_storage))
     if pointcloud is not None:
         features.update(pointcloud_feature(pointcloud))
     return features
@@ -163,6 +180,9 @@ def convert_rlbench(
     overwrite: bool = False,
     progress: bool = True,
     image_writer_threads: int = 0,
+    moving_cameras: Sequence[str] = RLBENCH_MOVING_CAMERAS,
+    depth_storage: str = "video",
+    rgb_storage: str = "auto",
 ) -> ConversionSummary:
     """Convert the RLBench demos of one task folder (`source`) into a LeRobotDataset at `output`.
 
@@ -176,7 +196,9 @@ def convert_rlbench(
     replaces only a dataset (see `datasets.atomic.check_destination`); an `output` that is or holds `source`
     raises ValueError. Nothing is
     written at `output` unless the whole conversion succeeds. `image_writer_threads` > 0 encodes the PNGs
-    in background threads (LeRobot's image writer).
+    in background threads (LeRobot's image writer). `moving_cameras` keep per-frame parameters; the others'
+    come from the first episode and must hold in every frame (RLBenchDataError naming the episode otherwise).
+    `depth_storage` / `rgb_storage`: see `datasets.features`.
     """
     start = time.perf_counter()
     source, output = Path(source), Path(output)
@@ -228,7 +250,14 @@ def convert_rlbench(
         bar.close()
         raise RLBenchDataError(selected[-1][0].name, None, f"no episode could be read; skipped: {summary.skipped}")
     shapes = {cam: tuple(first[3].rgb[cam].shape[1:3]) for cam in cameras}
-    features = rlbench_dataset_features(cameras, shapes, action_mode, pointcloud)
+    calibrations = {
+        cam: calibration_info(cam, first[3].intrinsics[cam][0], first[3].extrinsics[cam][0], first[0].name, shapes[cam])
+        for cam in cameras
+        if cam not in moving_cameras
+    }
+    features = rlbench_dataset_features(
+        cameras, shapes, action_mode, pointcloud, calibrations, depth_storage, rgb_storage
+    )
 
     def convert(episode: RLBenchEpisode, variation: int, note: str | None, arrays: EpisodeArrays) -> None:
         for cam in cameras:
@@ -243,9 +272,16 @@ def convert_rlbench(
         description, note = read_task_description(episode)
         if note:
             summary.notes.append(f"{episode.name}: {note}")
-        written = _write_episode(
-            dataset, arrays, cameras, action_mode, keyframes_only, pointcloud, variation, description
-        )
+        try:
+            written = _write_episode(
+                dataset, arrays, cameras, calibrations, action_mode, keyframes_only, pointcloud, variation, description
+            )
+        except CameraMovedError as err:
+            problem = f"{err} (pass the camera in moving_cameras / --moving-cameras)"
+            if not skip_bad_episodes:
+                raise RLBenchDataError(episode.name, episode.path, problem) from err
+            summary.skipped.append((episode.name, problem))
+            return
         summary.episodes += 1
         summary.frames += written
         bar.set_postfix(frames=summary.frames)
@@ -259,7 +295,7 @@ def convert_rlbench(
             fps=FPS,
             features=features,
             robot_type="rlbench_panda",
-            use_videos=False,
+            use_videos=uses_video(features),
             image_writer_threads=image_writer_threads,
         ) as dataset:
             convert(*first)
@@ -284,6 +320,7 @@ def _write_episode(
     dataset: Any,
     arrays: EpisodeArrays,
     cameras: Sequence[str],
+    calibrations: dict[str, dict[str, Any]],
     action_mode: str,
     keyframes_only: bool,
     pointcloud: PointCloudConfig | None,
@@ -306,6 +343,7 @@ def _write_episode(
             pointcloud,
             colors=[arrays.rgb[c][frames] for c in pointcloud.cameras] if pointcloud.use_rgb else None,
         )
+    rows = []
     for row, (t, target) in enumerate(zip(frames, targets, strict=True)):
         frame: dict[str, Any] = {
             OBS_STATE: state[t],
@@ -316,12 +354,20 @@ def _write_episode(
             "task": description,
         }
         for cam in cameras:
-            frame[rgb_key(cam)] = arrays.rgb[cam][t]
-            frame[depth_key(cam)] = arrays.depth[cam][t][None]
-            frame[intrinsics_key(cam)] = arrays.intrinsics[cam][t].astype(np.float32)
-            frame[extrinsics_key(cam)] = arrays.extrinsics[cam][t].astype(np.float32)
+            frame |= camera_frame(
+                cam,
+                arrays.rgb[cam][t],
+                arrays.depth[cam][t],
+                arrays.intrinsics[cam][t],
+                arrays.extrinsics[cam][t],
+                calibrations.get(cam),
+            )
         if clouds is not None:
             frame[OBS_POINTCLOUD] = clouds[row]
+        rows.append(frame)
+    # Every frame is checked (a fixed camera that moved) before the first is added: a refused episode leaves
+    # nothing in the dataset's episode buffer.
+    for frame in rows:
         dataset.add_frame(frame)
     dataset.save_episode()
     return len(frames)
