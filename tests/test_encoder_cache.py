@@ -106,7 +106,7 @@ def test_cached_features_give_the_actions_of_the_full_history(kind, tmp_path):
     expected = []
     for i, t in enumerate(REPLANS):
         chunk = reference.predict_action_chunk(_history(frames, t), noise=noises[i] if fixed else None)
-        expected += list(chunk[:, N_OBS - 1 : N_OBS - 1 + N_ACTION].transpose(0, 1))
+        expected += list(chunk[:, :N_ACTION].transpose(0, 1))  # the chunk starts at the newest frame
     for t, (a, e) in enumerate(zip(actions, expected, strict=False)):
         assert a.shape == (B, 2)
         torch.testing.assert_close(a, e, atol=1e-5, rtol=0, msg=f"step {t}")
@@ -117,10 +117,11 @@ def test_predict_action_chunk_keeps_the_students_plan_for_the_next_candidate_cho
     frames = _frames(2)
     policy.reset()
     chunk = policy.predict_action_chunk(_stacked(frames))  # as LeRobot's async inference calls it
-    assert policy._last_chunk is chunk
+    # The plan kept is the whole horizon; what is returned starts at the newest frame's step.
+    assert torch.equal(policy._last_chunk[:, N_OBS - 1 :], chunk)
     # A batch of another size after it is not held to that plan, and does not fail.
     single = {k: v[:1] for k, v in _stacked(frames).items()}
-    assert policy.predict_action_chunk(single).shape == (1, HORIZON, 2)
+    assert policy.predict_action_chunk(single).shape == (1, HORIZON - N_OBS + 1, 2)
 
 
 def _count_image_encoder_calls(policy, steps: list[int]) -> list[tuple[int, int]]:

@@ -35,8 +35,8 @@ def test_masked_l2_matches_a_loop_over_the_real_steps():
 def test_the_loss_pulls_the_prediction_onto_the_dataset_chunk_and_ignores_padding():
     policy = _policy()
     state = torch.randn(4, 2, 2, generator=torch.Generator().manual_seed(1))
-    prediction = policy.predict_action_chunk({"observation.state": state})
-    assert torch.equal(prediction, policy.predict_action_chunk({"observation.state": state}))  # deterministic
+    prediction = policy.predict_horizon({"observation.state": state})
+    assert torch.equal(prediction, policy.predict_horizon({"observation.state": state}))  # deterministic
     is_pad = torch.zeros(4, 8, dtype=torch.bool)
     is_pad[:, 6:] = True
     # One unit off on every real step, absurd on the padded ones: only the real steps may count.

@@ -188,12 +188,25 @@ class FlowstepBasePolicy(PreTrainedPolicy):
         return chunk
 
     @torch.no_grad()
-    def predict_action_chunk(self, batch: dict[str, Tensor], noise: Tensor | None = None) -> Tensor:
-        """The whole predicted chunk (B, horizon, action_dim), starting at the oldest observation, from a batch
-        with the time dimension or a single frame (repeated as its own history). Like a re-plan in
-        `select_action` it updates `_last_chunk`, but it neither reads nor changes the rollout's frame history.
-        The chunk is returned on the host, read back there once and checked (`_host_actions`)."""
+    def predict_horizon(self, batch: dict[str, Tensor], noise: Tensor | None = None) -> Tensor:
+        """The whole predicted horizon (B, horizon, action_dim), starting at the oldest observation's step, as the
+        policy is trained on it: for diagnostics and comparisons against dataset chunks. Same inputs, and the
+        same effect on `_last_chunk`, as `predict_action_chunk`; returned on the host, checked there."""
         return self._host_actions(self._chunk_from_cond(self.encode(batch), noise), batch)
+
+    @torch.no_grad()
+    def predict_action_chunk(self, batch: dict[str, Tensor], noise: Tensor | None = None) -> Tensor:
+        """The actions still to come, from the newest observation's step on: (B, horizon - n_obs_steps + 1,
+        action_dim). This is what LeRobot's callers of this method (the async policy server, lerobot-rollout's
+        RTC engine) take a chunk to be: its first action is the one to execute now. `select_action` executes the
+        first `n_action_steps` of the same slice; how many to execute here is the caller's choice.
+
+        `batch` has the time dimension (B, n_obs_steps, ...) or is a single frame, which then stands for its own
+        history. Like a re-plan in `select_action` it updates `_last_chunk`, but it neither reads nor changes the
+        rollout's frame history. The chunk is returned on the host, read back there once and checked
+        (`_host_actions`)."""
+        chunk = self._chunk_from_cond(self.encode(batch), noise)
+        return self._host_actions(chunk[:, self.config.n_obs_steps - 1 :], batch)
 
     @torch.no_grad()
     def select_action(self, batch: dict[str, Tensor], noise: Tensor | None = None) -> Tensor:
