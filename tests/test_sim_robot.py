@@ -172,6 +172,45 @@ def test_a_late_action_is_an_overrun_and_the_agent_kept_moving_to_the_previous_t
     robot.disconnect()
 
 
+def test_the_report_times_each_decision_from_its_observation_to_its_action(tmp_path, clock):
+    """What the loop spends between handing out an observation and sending its action: the inference time as the
+    robot sees it, with its p50 / p99 in the report."""
+    robot = make_robot(tmp_path)
+    robot.connect()
+    # Nine quick decisions (2 ms) and one slow re-plan (20 ms), each tick one period long.
+    for i in range(10):
+        observation = robot.get_observation()
+        think = 0.020 if i == 9 else 0.002
+        clock.now += think
+        robot.send_action({key: observation[key] for key in AGENT_KEYS})
+        clock.now += 1.0 / FPS - think
+    report = robot.report()
+    expected = np.array([2.0] * 9 + [20.0])
+    assert report["decision_p50_ms"] == pytest.approx(np.percentile(expected, 50))
+    assert report["decision_p99_ms"] == pytest.approx(np.percentile(expected, 99))
+    assert report["decision_max_ms"] == pytest.approx(20.0)
+    robot.disconnect()
+
+
+def test_load_test_views_are_calibrated_copies_of_the_camera(tmp_path, clock):
+    robot = make_robot(tmp_path, extra_cameras=2, image_size=32)
+    names = ["top", "top_2", "top_3"]
+    features = robot.observation_features
+    assert [k for k in features if not k.endswith(".pos")] == [n + d for n in names for d in ("", "_depth")]
+    robot.connect()
+    assert all((tmp_path / "calibration" / f"flowstep_obstacle_sim_{n}_camera.json").is_file() for n in names)
+    assert robot.is_calibrated
+    observation = robot.get_observation()
+    for name in names[1:]:
+        np.testing.assert_array_equal(observation[name], observation["top"])
+        np.testing.assert_array_equal(observation[f"{name}_depth"], observation["top_depth"])
+    observation["top_2"][:] = 0  # separate frames: writing into one leaves the others
+    assert observation["top"].any()
+    robot.disconnect()
+    with pytest.raises(ValueError, match="extra_cameras must be at least 0"):
+        make_robot(tmp_path, extra_cameras=-1)
+
+
 def test_bad_actions_and_a_missing_robot_are_named_errors(tmp_path, clock):
     expert = make_expert(robot_id="nowhere")
     expert.connect()

@@ -34,6 +34,10 @@ class FlowstepObstacleSimConfig(RobotConfig):
     # The camera's name and square image size; it gives `<camera>` RGB and `<camera>_depth` uint16 millimetres.
     camera: str = CAMERA_NAME
     image_size: int = 64
+    # Load-test views: this many more RGB-D cameras, `<camera>_2`, `<camera>_3`, ..., each a copy of the camera's
+    # view with its calibration. They measure a policy's cost at a multi-camera size (RLBench's is 4 cameras at
+    # 128 px: `extra_cameras=3`, `image_size=128`); they add no information.
+    extra_cameras: int = 0
     # The goal's position as state (`goal_x.pos`, `goal_y.pos`): the goal is a flat disc that depth cannot see.
     observe_goal: bool = True
     # Seed of the scenes (start and goal of each); None draws them afresh.
@@ -58,6 +62,8 @@ class FlowstepObstacleSimConfig(RobotConfig):
             )
         if self.image_size < 8:
             raise ValueError(f"image_size must be at least 8, got {self.image_size}.")
+        if self.extra_cameras < 0:
+            raise ValueError(f"extra_cameras must be at least 0, got {self.extra_cameras}.")
         if self.overrun_tolerance < 0:
             raise ValueError(f"overrun_tolerance must be at least 0, got {self.overrun_tolerance}.")
         if not self.camera or "/" in self.camera or self.camera.endswith("_depth"):

@@ -14,8 +14,10 @@ intrinsics and camera-to-world extrinsics as JSON to `calibration_dir/<id>_<came
 
 Real time: `send_action` measures the wall time since the previous action. One later than the period (plus
 `overrun_tolerance`) is an overrun; the agent has meanwhile kept moving towards the previous target, one step per
-period that passed, as a position-controlled robot would. `report()` (written to `report_path` on disconnect)
-gives the scenes, their success and mode, the control rate achieved and the share of overruns.
+period that passed, as a position-controlled robot would. It also measures the time since the observation was
+handed out: what the control loop spent between them (pre-processing, the policy, post-processing), which is the
+inference time as the robot sees it. `report()` (written to `report_path` on disconnect) gives the scenes, their
+success and mode, the control rate achieved, the share of overruns and those times.
 
 A scripted operator (`lerobot_flowstep.teleoperators.obstacle_expert`) watches a robot of the same process
 through `connected_robot`, as a person watches the real scene.
@@ -85,7 +87,7 @@ class FlowstepObstacleSim(Robot):
         super().__init__(config)
         self.config = config
         self.period = 1.0 / config.fps
-        self.cameras = {config.camera: "simulated RGB-D"}
+        self.cameras = dict.fromkeys(self.camera_names, "simulated RGB-D")
         self._env: ObstacleReachEnv | None = None
         self._env_obs: dict[str, Any] = {}
         self._phase: str | None = None  # None before the first tick, then "live" or "reset"
@@ -99,6 +101,8 @@ class FlowstepObstacleSim(Robot):
         self._overruns = 0
         self._late_steps = 0
         self._actions = 0
+        self._observed_t: float | None = None
+        self._decision_times: list[float] = []
 
     # --- features ---------------------------------------------------------------------------------------------
 
@@ -107,13 +111,18 @@ class FlowstepObstacleSim(Robot):
         return AGENT_KEYS + (GOAL_KEYS if self.config.observe_goal else ())
 
     @property
+    def camera_names(self) -> tuple[str, ...]:
+        """The camera, then the load-test views (`extra_cameras`)."""
+        camera = self.config.camera
+        return (camera, *(f"{camera}_{i}" for i in range(2, self.config.extra_cameras + 2)))
+
+    @property
     def observation_features(self) -> dict[str, type | tuple[int, int, int]]:
         size = self.config.image_size
-        return {
-            **dict.fromkeys(self._state_keys, float),
-            self.config.camera: (size, size, 3),
-            f"{self.config.camera}_depth": (size, size, 1),
-        }
+        features: dict[str, type | tuple[int, int, int]] = dict.fromkeys(self._state_keys, float)
+        for camera in self.camera_names:
+            features |= {camera: (size, size, 3), f"{camera}_depth": (size, size, 1)}
+        return features
 
     @property
     def action_features(self) -> dict[str, type]:
@@ -125,12 +134,11 @@ class FlowstepObstacleSim(Robot):
     def camera_calibration(self) -> dict[str, dict[str, list[list[float]]]]:
         """{camera: {"intrinsics": 3x3 OpenCV pinhole, "camera_to_world": 4x4 in OpenCV axes}}."""
         renderer = ObstacleRenderer(ObstacleLayout.preset(self.config.num_modes), self.config.image_size)
-        return {
-            self.config.camera: {
-                "intrinsics": renderer.intrinsics.astype(float).tolist(),
-                "camera_to_world": renderer.extrinsics.astype(float).tolist(),
-            }
+        calibration = {
+            "intrinsics": renderer.intrinsics.astype(float).tolist(),
+            "camera_to_world": renderer.extrinsics.astype(float).tolist(),
         }
+        return dict.fromkeys(self.camera_names, calibration)
 
     def camera_calibration_path(self, camera: str | None = None) -> Path:
         """The JSON file `calibrate()` writes for `camera`, in the format `lerobot-flowstep calibrate` reads."""
@@ -138,15 +146,17 @@ class FlowstepObstacleSim(Robot):
 
     @property
     def is_calibrated(self) -> bool:
-        path = self.camera_calibration_path()
-        if not path.is_file():
-            return False
-        return json.loads(path.read_text()) == self.camera_calibration[self.config.camera]
+        for camera, calibration in self.camera_calibration.items():
+            path = self.camera_calibration_path(camera)
+            if not path.is_file() or json.loads(path.read_text()) != calibration:
+                return False
+        return True
 
     def calibrate(self) -> None:
         for camera, calibration in self.camera_calibration.items():
-            write_json_atomic(self.camera_calibration_path(camera), calibration)
-            logger.info("%s: calibration of camera '%s' written to %s", self, camera, self.camera_calibration_path())
+            path = self.camera_calibration_path(camera)
+            write_json_atomic(path, calibration)
+            logger.info("%s: calibration of camera '%s' written to %s", self, camera, path)
 
     def configure(self) -> None:
         """Nothing to configure on a simulated robot."""
@@ -243,10 +253,13 @@ class FlowstepObstacleSim(Robot):
         obs = self._env_obs
         values = [*obs["agent_pos"], *obs["environment_state"][:2]]
         observation: dict[str, Any] = {key: float(v) for key, v in zip(self._state_keys, values, strict=False)}
-        camera = self.config.camera
-        observation[camera] = obs["pixels"][CAMERA_NAME]
         depth_mm = np.rint(obs[f"depth.{CAMERA_NAME}"][0] * DEPTH_SCALE_MM)
-        observation[f"{camera}_depth"] = np.clip(depth_mm, 0, MAX_DEPTH_MM).astype(np.uint16)[..., None]
+        depth = np.clip(depth_mm, 0, MAX_DEPTH_MM).astype(np.uint16)[..., None]
+        for camera in self.camera_names:
+            # Copies, as separate cameras' frames are: a consumer that writes into one must not change another.
+            observation[camera] = obs["pixels"][CAMERA_NAME].copy()
+            observation[f"{camera}_depth"] = depth.copy()
+        self._observed_t = time.perf_counter()
         return observation
 
     def send_action(self, action: dict[str, Any]) -> dict[str, Any]:
@@ -269,6 +282,8 @@ class FlowstepObstacleSim(Robot):
         # starts, so a phase that ended during this tick's inference must not end before the loop sees it.
         if self._phase == "live":
             self._actions += 1
+            if self._observed_t is not None:
+                self._decision_times.append(now - self._observed_t)
             if self._last_action_t is not None:
                 interval = now - self._last_action_t
                 self._intervals.append(interval)
@@ -303,6 +318,11 @@ class FlowstepObstacleSim(Robot):
                 "interval_p99_ms": float(np.percentile(intervals, 99) * 1e3),
                 "interval_max_ms": float(intervals.max() * 1e3),
             }
+        if self._decision_times:
+            # Observation handed out -> its action back: the loop's pre-processing, policy and post-processing.
+            decisions = np.asarray(self._decision_times) * 1e3
+            timing |= {f"decision_p{q}_ms": float(np.percentile(decisions, q)) for q in (50, 99)}
+            timing["decision_max_ms"] = float(decisions.max())
         successes = sum(s.success for s in scenes)
         return {
             "robot": self.name,
