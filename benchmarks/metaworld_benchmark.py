@@ -10,9 +10,13 @@ Per task:
 3. `lerobot-eval --env.type=flowstep_metaworld`, every method on the same seeds (`--seeds` runs of
    `--eval-episodes` episodes), plus one-step CFM (each teacher with `--policy.num_inference_steps=1`, so at
    the teachers' own training budget); chunk latency at batch 1 on a dataset frame.
+4. With `--curve-every k` (in-memory trainer), each teacher also keeps a checkpoint every k steps, and each is
+   evaluated on the first seed's episodes: the teacher's success against its budget, which says where a teacher
+   gets to a given success instead of guessing it.
 
 Every stage skips work whose output exists (datasets, checkpoints, `eval_info.json`, latency files), so an
-interrupted run resumes where it stopped. Results go to `<output>/results.json`, `results.md` and
+interrupted run resumes where it stopped; with `--resume-every`, an in-memory training resumes from its last
+resume point too. Results go to `<output>/results.json`, `results.md` and
 `results.png` (`--report` names them, so that runs over other tasks or rows keep their own). Processes given
 different `--tasks` may share one `--output` (one per core, with `OMP_NUM_THREADS=1`); a last run with every
 task then only collects the table.
@@ -129,19 +133,26 @@ def train(method: str, task: str, data: Path, task_dir: Path, args: argparse.Nam
     if args.trainer == "lerobot-train":
         lerobot_train([f"--config_path={config}"], run_dir / "train.log", args.steps, f"{task} {method}")
     else:
-        train_in_memory(config, run_dir / "train" / "checkpoints" / "last", f"{task} {method}")
+        save_every = args.curve_every if method.startswith("teacher") else 0
+        train_in_memory(config, run_dir, f"{task} {method}", args.resume_every, save_every)
     record_timing(task_dir, method, time.perf_counter() - start)
     return last_checkpoint(run_dir / "train")
 
 
-def train_in_memory(config: Path, output: Path, desc: str) -> Path:
+def intermediate_checkpoint(run_dir: Path, step: int) -> Path:
+    """Where lerobot-train would put the checkpoint of `step`."""
+    return run_dir / "train" / "checkpoints" / f"{step:06d}" / "pretrained_model"
+
+
+def train_in_memory(config: Path, run_dir: Path, desc: str, resume_every: int = 0, save_every: int = 0) -> Path:
     """The same config trained from samples read once through `LeRobotDataset` (`tools/training.py`): on a CPU,
-    `lerobot-train` spends most of a step decoding frames. Only the policy's own inputs are kept in memory."""
+    `lerobot-train` spends most of a step decoding frames. Only the policy's own inputs are kept in memory.
+    `resume_every`: resume points in `run_dir/resume`; `save_every`: intermediate checkpoints."""
     from lerobot.configs.train import TrainPipelineConfig
     from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 
     from lerobot_flowstep.constants import OBS_DEPTH_PREFIX, depth_map_key
-    from lerobot_flowstep.tools.training import load_samples, train_policy_on_dataset
+    from lerobot_flowstep.tools.training import load_samples, save_checkpoint, train_policy_on_dataset
 
     cfg = TrainPipelineConfig.from_pretrained(config, cli_args=[])
     root = Path(cfg.dataset.root)
@@ -150,15 +161,23 @@ def train_in_memory(config: Path, output: Path, desc: str) -> Path:
     # A camera's metric depth is made from the dataset's depth map by the policy's preprocessor.
     keys |= {depth_map_key(k.removeprefix(f"{OBS_DEPTH_PREFIX}.")) for k in keys if k.startswith(OBS_DEPTH_PREFIX)}
     samples = load_samples(cfg.dataset.repo_id, root, cfg.policy, meta, keys)
+
+    def save_intermediate(step: int, policy, preprocessor, postprocessor) -> None:
+        if save_every and step % save_every == 0 and step < cfg.steps:
+            save_checkpoint(policy, preprocessor, postprocessor, intermediate_checkpoint(run_dir, step))
+
     _, checkpoint, _ = train_policy_on_dataset(
-        cfg.policy, cfg.dataset.repo_id, root, output, cfg.steps, cfg.batch_size, cfg.seed, desc, samples
-    )
+        cfg.policy, cfg.dataset.repo_id, root, run_dir / "train" / "checkpoints" / "last", cfg.steps, cfg.batch_size,
+        cfg.seed, desc, samples, on_step=save_intermediate, resume_dir=run_dir / "resume", resume_every=resume_every,
+    )  # fmt: skip
     return checkpoint
 
 
-def evaluate(row: str, checkpoint: Path, overrides: list[str], task: str, task_dir: Path, args) -> list[bool]:
+def evaluate(
+    row: str, checkpoint: Path, overrides: list[str], task: str, task_dir: Path, args, seeds: int | None = None
+) -> list[bool]:
     successes = []
-    for seed in range(args.seeds):
+    for seed in range(args.seeds if seeds is None else seeds):
         # Far from the demonstration seeds (0, 1, ...), the same for every method.
         eval_seed = 100_000 + 1_000 * seed
         out = task_dir / "eval" / row.replace(" ", "_").replace("(", "").replace(")", "") / f"seed{eval_seed}"
@@ -302,17 +321,29 @@ def main() -> None:
     parser.add_argument("--episode-length", type=int, default=200)
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument(
+        "--resume-every", type=int, default=0, help="in-memory training: a resume point every that many steps"
+    )
+    parser.add_argument(
+        "--curve-every",
+        type=int,
+        default=0,
+        help="in-memory training: a teacher checkpoint every that many steps, each evaluated on the first seed",
+    )
+    parser.add_argument(
         "--report",
         default="results",
         help="file name (no suffix) of the table, JSON and figure: runs over other tasks or rows keep their own",
     )
     args = parser.parse_args()
+    if (args.resume_every or args.curve_every) and args.trainer != "memory":
+        parser.error("--resume-every and --curve-every need --trainer memory (lerobot-train has its own --resume).")
 
     args.output.mkdir(parents=True, exist_ok=True)
     evaluated = {ROWS[row][0] for row in args.rows}
     needed = evaluated | {m.replace("student", "teacher") for m in evaluated}
     results: dict[str, dict[str, list[bool]]] = {row: {} for row in args.rows}
     latency: dict[str, float] = {}
+    curve: dict[str, dict[str, dict[int, float]]] = {}
     for task in args.tasks:
         task = metaworld_task(task).name
         task_dir = args.output / task
@@ -337,6 +368,16 @@ def main() -> None:
                 task_dir / "eval" / f"latency_{method}{'_1step' if overrides else ''}.json",
             )
             latency.setdefault(row, stats["median_ms"])
+        if args.curve_every:
+            for row in (r for r in args.rows if ROWS[r][0].startswith("teacher") and not ROWS[r][1]):
+                run_dir = task_dir / ROWS[row][0]
+                for step in range(args.curve_every, args.steps, args.curve_every):
+                    checkpoint = intermediate_checkpoint(run_dir, step)
+                    if checkpoint.is_dir():
+                        wins = evaluate(f"{row} at step {step}", checkpoint, [], task, task_dir, args, seeds=1)
+                        curve.setdefault(row, {}).setdefault(task, {})[step] = sum(wins) / len(wins)
+                last = results[row][task][: args.eval_episodes]  # the first seed's episodes, as the curve's
+                curve.setdefault(row, {}).setdefault(task, {})[args.steps] = sum(last) / len(last)
     summary = summarize(results, latency)
     timings = {}
     for task in results[args.rows[0]]:
@@ -345,8 +386,12 @@ def main() -> None:
     machine = f"{platform.processor() or platform.machine()}, torch {torch.__version__}, device {args.device}"
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     report = {"settings": settings, "machine": machine, "timings_s": timings, "summary": summary,
-              "workspace": [WORKSPACE_LOW, WORKSPACE_HIGH]}  # fmt: skip
+              "workspace": [WORKSPACE_LOW, WORKSPACE_HIGH], "teacher_curve": curve}  # fmt: skip
     table = markdown(summary, [metaworld_task(t).name for t in args.tasks])
+    for row, per_task in curve.items():
+        for task, points in per_task.items():
+            cells = ", ".join(f"{step}: {rate:.0%}" for step, rate in sorted(points.items()))
+            table += f"\n{row}, `{task}`, success on the first seed by training step: {cells}\n"
     write_text_atomic(args.output / f"{args.report}.json", json.dumps(report, indent=2))
     write_text_atomic(args.output / f"{args.report}.md", table)
     plot(summary, args.output / f"{args.report}.png")
