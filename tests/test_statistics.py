@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lerobot_flowstep.tools.latency import replan_period
-from lerobot_flowstep.tools.statistics import mean_interval, wilson_interval
+from lerobot_flowstep.tools.statistics import difference_interval, mean_interval, wilson_interval
 
 
 @pytest.mark.parametrize(("successes", "n"), [(0, 100), (3, 100), (50, 100), (99, 100), (7, 20)])
@@ -50,3 +50,13 @@ def test_replan_period() -> None:
     assert replan_period(2659.0, 10.0, 15) == 15  # never beyond the chunk
     with pytest.raises(ValueError, match="control_hz > 0"):
         replan_period(1.0, 0.0, 8)
+
+
+def test_difference_interval_matches_newcombes_worked_examples() -> None:
+    # Newcombe (1998), Statistics in Medicine 17:873-890, Table II, method 10 (hybrid score, no continuity
+    # correction): 56/70 - 48/80 -> (0.0524, 0.3339); 9/10 - 3/10 -> (0.1705, 0.8090).
+    assert difference_interval(56, 70, 48, 80) == pytest.approx((0.0524, 0.3339), abs=1e-4)
+    assert difference_interval(9, 10, 3, 10) == pytest.approx((0.1705, 0.8090), abs=1e-4)
+    # Antisymmetric: swapping the two rates mirrors the interval.
+    lo, hi = difference_interval(48, 80, 56, 70)
+    assert (lo, hi) == pytest.approx((-0.3339, -0.0524), abs=1e-4)

@@ -1,4 +1,5 @@
-"""95 % intervals for the benchmark tables: success rates (binomial) and per-episode means."""
+"""95 % intervals for the benchmark tables: success rates (binomial), their differences, and per-episode
+means."""
 
 from __future__ import annotations
 
@@ -18,6 +19,20 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def difference_interval(k1: int, n1: int, k2: int, n2: int, z: float = 1.96) -> tuple[float, float]:
+    """Interval of the difference of two independent success rates k1/n1 - k2/n2: Newcombe's hybrid score
+    method (Newcombe 1998, method 10), built from the two Wilson intervals. Like them it stays inside [-1, 1]
+    and behaves at 0 and n successes, where the Wald interval of a gap between two small evaluations does not."""
+    p1, p2 = k1 / n1 if n1 else 0.0, k2 / n2 if n2 else 0.0
+    l1, u1 = wilson_interval(k1, n1, z)
+    l2, u2 = wilson_interval(k2, n2, z)
+    d = p1 - p2
+    return (
+        d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2),
+        d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2),
+    )
 
 
 def mean_interval(values: np.ndarray, z: float = 1.96) -> tuple[float, float]:
