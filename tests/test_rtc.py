@@ -231,3 +231,53 @@ def test_the_rtc_settings_lerobot_rollout_sets_are_no_part_of_the_saved_config(t
     assert "rtc_config" not in (tmp_path / "config.json").read_text()
     loaded = PreTrainedConfig.from_pretrained(tmp_path)
     assert loaded.rtc_config is None and loaded.horizon == HORIZON
+
+
+def save_state_checkpoint(policy, folder) -> None:
+    """A checkpoint folder as lerobot-train writes it (weights, config and both processors), for a policy on the
+    simulated robot's state (agent and goal positions, in [-1, 1])."""
+    from lerobot.policies.factory import make_pre_post_processors
+
+    span = {"min": -torch.ones(4), "max": torch.ones(4), "mean": torch.zeros(4), "std": torch.ones(4)}
+    stats = {"observation.state": span, "action": {k: v[:2] for k, v in span.items()}}
+    preprocessor, postprocessor = make_pre_post_processors(policy.config, dataset_stats=stats)
+    policy.save_pretrained(folder)
+    preprocessor.save_pretrained(folder)
+    postprocessor.save_pretrained(folder)
+
+
+@pytest.mark.slow
+def test_lerobot_rollout_runs_the_teacher_with_rtc_on_the_simulated_robot(tmp_path):
+    """`lerobot-rollout --inference.type=rtc`: LeRobot's RTC engine calls the teacher in its background thread,
+    every call after the first with the left-over of the previous chunk; an error there would be logged and
+    retried, and after 10 would stop the run."""
+    import json
+
+    from lerobot_flowstep.tools.lerobot_commands import lerobot_rollout, obstacle_sim_args
+
+    policy = _teacher()
+    policy.config.input_features = {"observation.state": PolicyFeature(FeatureType.STATE, (4,))}
+    policy = FlowstepTeacherPolicy(policy.config)
+    save_state_checkpoint(policy, tmp_path / "teacher")
+    report_path, log = tmp_path / "rollout.json", tmp_path / "rollout.log"
+    lerobot_rollout(
+        [
+            "--strategy.type=base",
+            "--inference.type=rtc",
+            "--inference.rtc.execution_horizon=8",
+            f"--policy.path={tmp_path / 'teacher'}",
+            "--policy.device=cpu",
+            *obstacle_sim_args(30, 1.5, 0.4, tmp_path / "calibration", report_path),
+            "--fps=30",
+            "--duration=3",
+            "--return_to_initial_position=false",
+            "--play_sounds=false",
+            "--task=Move the agent to the goal",
+        ],
+        log,
+        timeout_s=600,
+    )
+    report = json.loads(report_path.read_text())
+    assert report["actions"] > 0, report
+    text = log.read_text()
+    assert "RTC inference thread started" in text and "RTC inference error" not in text, text[-3000:]
