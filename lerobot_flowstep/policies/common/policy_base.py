@@ -177,13 +177,14 @@ class FlowstepBasePolicy(PreTrainedPolicy):
         samples = self.sample(batch, num_samples, cond=cond, noise=noise, **generate_kwargs)
         return samples, noise.reshape(samples.shape)
 
-    def _chunk_from_cond(self, cond: Tensor, noise: Tensor | None = None) -> Tensor:
+    def _chunk_from_cond(self, cond: Tensor, noise: Tensor | None = None, **generate_kwargs) -> Tensor:
         """The chunk to execute (B, horizon, action_dim) for encoded observations (B, cond_dim); both
         `predict_action_chunk` and `select_action` end here, so the chunk does not depend on which was
-        called. It is remembered as `_last_chunk`, which a subclass may use to keep re-plans consistent."""
+        called. It is remembered as `_last_chunk`, which a subclass may use to keep re-plans consistent.
+        `generate_kwargs` go to `generate` (the teacher's RTC guidance)."""
         if noise is None:
             noise = self.inference_noise(cond.shape[0], cond.device).to(cond.dtype)
-        chunk = self.generate(cond, noise)
+        chunk = self.generate(cond, noise, **generate_kwargs)
         self._last_chunk = chunk
         return chunk
 

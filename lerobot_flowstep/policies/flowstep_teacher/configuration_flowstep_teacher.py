@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from lerobot.configs import PreTrainedConfig
 
@@ -21,11 +22,19 @@ class FlowstepTeacherConfig(FlowstepBaseConfig):
     num_inference_steps: ODE steps per chunk at inference (1 gives the naive one-step CFM baseline).
     ode_solver: "euler" (1 network call per step), "midpoint" or "heun" (second order, 2 calls per step).
     time_sampling: distribution of flow times during training, "uniform" or "logit_normal".
+    rtc_config: real-time chunking settings (LeRobot's `RTCConfig`), which `lerobot-rollout --inference.type=rtc`
+        sets from `--inference.rtc.*`, as for pi0. A deployment setting, not saved with the checkpoint; a direct
+        `predict_action_chunk` call with `prev_chunk_left_over` and none set uses LeRobot's defaults.
+        `enabled=false` ignores the left-over.
     """
 
     num_inference_steps: int = 10
     ode_solver: str = "euler"
     time_sampling: str = "uniform"
+    # An RTCConfig or None. A class attribute, not a field: lerobot-rollout assigns it on the loaded config, and
+    # naming RTCConfig here would import all of `lerobot.policies` (every policy's modeling code) whenever a
+    # config is parsed; draccus must resolve every annotation of the class, hence `Any`.
+    rtc_config: ClassVar[Any] = None
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -1,17 +1,23 @@
 """The Conditional Flow Matching teacher policy."""
 
+import torch
+from lerobot.policies.rtc import RTCProcessor
 from lerobot.utils.constants import ACTION
 from torch import Tensor
 
 from lerobot_flowstep.core.flow_matching import cfm_loss, integrate, sample_time
 from lerobot_flowstep.core.networks import make_chunk_network
 from lerobot_flowstep.policies.common.policy_base import FlowstepBasePolicy
+from lerobot_flowstep.policies.common.rtc import PrefixGuidance, make_prefix_guidance, rtc_processor_for
 from lerobot_flowstep.policies.flowstep_teacher.configuration_flowstep_teacher import FlowstepTeacherConfig
 
 
 class FlowstepTeacherPolicy(FlowstepBasePolicy):
     """Multi-modal action chunks by integrating a learned velocity field from N(0, I) (t = 0) to the
-    action distribution (t = 1), conditioned on the unified encoder's output."""
+    action distribution (t = 1), conditioned on the unified encoder's output.
+
+    Real-time chunking: `predict_action_chunk` follows a left-over prefix with LeRobot's RTC guidance, so that
+    `lerobot-rollout --inference.type=rtc` serves it (see `policies/common/rtc.py`)."""
 
     config_class = FlowstepTeacherConfig
     name = "flowstep_teacher"
@@ -19,15 +25,72 @@ class FlowstepTeacherPolicy(FlowstepBasePolicy):
     def __init__(self, config: FlowstepTeacherConfig, **kwargs):
         super().__init__(config, **kwargs)
         self.velocity = make_chunk_network(config.network, config.horizon, config.action_dim, self.encoder.cond_dim)
+        self.rtc_processor: RTCProcessor | None = None
+        self.init_rtc_processor()
 
-    def generate(self, cond: Tensor, noise: Tensor, num_steps: int | None = None, solver: str | None = None) -> Tensor:
+    def generate(
+        self,
+        cond: Tensor,
+        noise: Tensor,
+        num_steps: int | None = None,
+        solver: str | None = None,
+        guidance: PrefixGuidance | None = None,
+    ) -> Tensor:
         condition = self.velocity.condition(cond)  # the same at every step of the chunk: computed once
+
+        def velocity(x: Tensor, t: float) -> Tensor:
+            return self.velocity(x, t, condition)
+
         return integrate(
-            lambda x, t: self.velocity(x, t, condition),
+            velocity if guidance is None else guidance.guide(velocity),
             noise,
             num_steps or self.config.num_inference_steps,
             solver or self.config.ode_solver,
         )
+
+    # --- real-time chunking (LeRobot's RTC engine) ----------------------------------------------
+
+    def supports_rtc(self) -> bool:
+        return True
+
+    def init_rtc_processor(self) -> None:
+        """Called by lerobot-rollout after it sets `config.rtc_config` from `--inference.rtc.*` (as for pi0)."""
+        config = self.config.rtc_config
+        self.rtc_processor = RTCProcessor(config) if config is not None else None
+
+    @torch.no_grad()
+    def predict_action_chunk(
+        self,
+        batch: dict[str, Tensor],
+        noise: Tensor | None = None,
+        inference_delay: int | None = None,
+        prev_chunk_left_over: Tensor | None = None,
+        execution_horizon: int | None = None,
+    ) -> Tensor:
+        """The base class's chunk (from the newest observation's step on), guided towards `prev_chunk_left_over`
+        when it is given and RTC is not disabled (`config.rtc_config.enabled`): its first `inference_delay`
+        actions are pulled onto the left-over and the following ones blend into it up to `execution_horizon`
+        (default `config.rtc_config.execution_horizon`). Without a left-over it is the plain chunk, at the plain
+        cost."""
+        rtc_config = self.config.rtc_config
+        if prev_chunk_left_over is None or (rtc_config is not None and not rtc_config.enabled):
+            return super().predict_action_chunk(batch, noise)
+        cond = self.encode(batch)
+        guidance = make_prefix_guidance(
+            prev_chunk_left_over,
+            inference_delay,
+            execution_horizon,
+            rtc_processor_for(self.rtc_processor, rtc_config),
+            batch_size=cond.shape[0],
+            horizon=self.config.horizon,
+            n_obs_steps=self.config.n_obs_steps,
+            action_dim=self.config.action_dim,
+            policy_name=self.name,
+            device=cond.device,
+            dtype=cond.dtype,
+        )
+        chunk = self._chunk_from_cond(cond, noise, guidance=guidance)
+        return self._host_actions(chunk[:, self.config.n_obs_steps - 1 :], batch)
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
         actions = batch[ACTION]

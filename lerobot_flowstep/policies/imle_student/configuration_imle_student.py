@@ -6,6 +6,7 @@ import copy
 import functools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 from huggingface_hub.constants import CONFIG_NAME
 from lerobot.configs import PreTrainedConfig
@@ -113,6 +114,9 @@ class ImleStudentConfig(FlowstepBaseConfig):
         receding-horizon control); "density" the one in the densest region of the candidates; and
         "consistent_density" the densest among the quarter most consistent with the previous chunk. The
         first chunk of an episode is the densest candidate under every rule.
+    rtc_config: real-time chunking settings (LeRobot's `RTCConfig`), set by `lerobot-rollout --inference.type=rtc`
+        (not saved with the checkpoint). With a left-over prefix the executed candidate is the one nearest it under
+        RTC's prefix weights (see `ImleStudentPolicy.predict_action_chunk`); `enabled=false` ignores the left-over.
     """
 
     teacher_path: str | None = None
@@ -138,6 +142,10 @@ class ImleStudentConfig(FlowstepBaseConfig):
     extra_generator_blocks: int = 0
     num_inference_candidates: int = 16
     candidate_selection: str = "consistency"
+    # An RTCConfig or None. A class attribute, not a field: lerobot-rollout assigns it on the loaded config, and
+    # naming RTCConfig here would import all of `lerobot.policies` (every policy's modeling code) whenever a
+    # config is parsed; draccus must resolve every annotation of the class, hence `Any`.
+    rtc_config: ClassVar[Any] = None
 
     def __post_init__(self) -> None:
         if self.objective != "imle":

@@ -3,12 +3,19 @@
 import dataclasses
 
 import torch
+from lerobot.policies.rtc import RTCProcessor
 from lerobot.utils.constants import ACTION
 from torch import Tensor
 
 from lerobot_flowstep.core.imle import imle_chamfer_objective, paired_distances, trajectory_distances
 from lerobot_flowstep.core.networks import make_chunk_network
 from lerobot_flowstep.policies.common.policy_base import FlowstepBasePolicy
+from lerobot_flowstep.policies.common.rtc import (
+    PrefixGuidance,
+    make_prefix_guidance,
+    prefix_distance,
+    rtc_processor_for,
+)
 from lerobot_flowstep.policies.flowstep_teacher.modeling_flowstep_teacher import FlowstepTeacherPolicy
 from lerobot_flowstep.policies.imle_student.configuration_imle_student import (
     ImleStudentConfig,
@@ -89,6 +96,8 @@ class ImleStudentPolicy(FlowstepBasePolicy):
         self._teacher_holder: list[FlowstepTeacherPolicy] = []
         self._teacher_copy_checked = False
         self._cache_holder: list[TeacherCache] = []
+        self.rtc_processor: RTCProcessor | None = None
+        self.init_rtc_processor()
         if config.teacher_path:
             try:
                 teacher_config = load_teacher_config(config.teacher_path)
@@ -162,19 +171,80 @@ class ImleStudentPolicy(FlowstepBasePolicy):
         # A float time: at inference the network embeds t = 0 once per set of weights, not at every chunk.
         return noise + self.generator(noise, 0.0, cond)
 
-    def _chunk_from_cond(self, cond: Tensor, noise: Tensor | None = None) -> Tensor:
+    def _chunk_from_cond(
+        self, cond: Tensor, noise: Tensor | None = None, guidance: PrefixGuidance | None = None
+    ) -> Tensor:
         candidates = self.config.num_inference_candidates
-        if candidates == 1 or noise is not None:
+        if guidance is None and (candidates == 1 or noise is not None):
             return super()._chunk_from_cond(cond, noise)
         samples = self.sample({}, num_samples=candidates, cond=cond)  # (B, L, H, A), one batched forward pass
-        previous = self._last_chunk
-        if previous is not None and previous.shape[0] != cond.shape[0]:
-            # A chunk planned for a batch of another size (a direct call after a rollout) is no plan for this one.
-            previous = None
-        best = select_candidate(samples, previous, self.config.n_action_steps, self.config.candidate_selection)
+        if guidance is not None and guidance.execution_horizon > 0:
+            best = prefix_distance(samples, guidance).argmin(dim=1)
+        else:
+            previous = self._last_chunk
+            if previous is not None and previous.shape[0] != cond.shape[0]:
+                # A chunk planned for a batch of another size (a direct call after a rollout) is no plan for this.
+                previous = None
+            best = select_candidate(samples, previous, self.config.n_action_steps, self.config.candidate_selection)
         chunk = samples[torch.arange(samples.shape[0], device=samples.device), best]
         self._last_chunk = chunk
         return chunk
+
+    # --- real-time chunking (LeRobot's RTC engine) ----------------------------------------------
+
+    def supports_rtc(self) -> bool:
+        """A one-step map has no denoising steps to guide: RTC here chooses, among the candidates drawn in one
+        pass, the one that best continues the left-over prefix. One candidate leaves nothing to choose, so
+        lerobot-rollout then refuses `--inference.type=rtc` with its own error."""
+        return self.config.num_inference_candidates > 1
+
+    def init_rtc_processor(self) -> None:
+        """Called by lerobot-rollout after it sets `config.rtc_config` from `--inference.rtc.*` (as for pi0)."""
+        config = self.config.rtc_config
+        self.rtc_processor = RTCProcessor(config) if config is not None else None
+
+    @torch.no_grad()
+    def predict_action_chunk(
+        self,
+        batch: dict[str, Tensor],
+        noise: Tensor | None = None,
+        inference_delay: int | None = None,
+        prev_chunk_left_over: Tensor | None = None,
+        execution_horizon: int | None = None,
+    ) -> Tensor:
+        """The base class's chunk (from the newest observation's step on). Given `prev_chunk_left_over` (and RTC
+        not disabled by `config.rtc_config.enabled`), the executed candidate is the one nearest the left-over
+        under LeRobot's RTC prefix weights (`prefix_distance`: 1 over the `inference_delay` actions, decaying to 0
+        at `execution_horizon`), instead of `candidate_selection`'s choice; the candidates cost what they cost
+        without RTC."""
+        rtc_config = self.config.rtc_config
+        if prev_chunk_left_over is None or (rtc_config is not None and not rtc_config.enabled):
+            return super().predict_action_chunk(batch, noise)
+        if not self.supports_rtc() or noise is not None:
+            raise ValueError(
+                f"{self.name}: following prev_chunk_left_over means choosing among several candidate chunks, but "
+                + (
+                    "`noise` fixes a single one; call without it."
+                    if noise is not None
+                    else "num_inference_candidates is 1; set --policy.num_inference_candidates=16 (the default)."
+                )
+            )
+        cond = self.encode(batch)
+        guidance = make_prefix_guidance(
+            prev_chunk_left_over,
+            inference_delay,
+            execution_horizon,
+            rtc_processor_for(self.rtc_processor, rtc_config),
+            batch_size=cond.shape[0],
+            horizon=self.config.horizon,
+            n_obs_steps=self.config.n_obs_steps,
+            action_dim=self.config.action_dim,
+            policy_name=self.name,
+            device=cond.device,
+            dtype=cond.dtype,
+        )
+        chunk = self._chunk_from_cond(cond, guidance=guidance)
+        return self._host_actions(chunk[:, self.config.n_obs_steps - 1 :], batch)
 
     # --- training -------------------------------------------------------------------------------
 
