@@ -9,6 +9,8 @@ policy:
   policy and post-processing. Most steps pop a queued action; a re-plan is the slow one, so p99 is a re-plan's
   cost as the loop sees it when re-plans are at least 1 % of the steps;
 - the scenes and successes (meaningful only with policies trained long enough: `--train-steps`).
+The teacher runs twice: under `--inference.type=sync` (LeRobot's `select_action` loop) and under LeRobot's RTC
+engine (`--rtc-args`), which computes the next chunk in a background thread while the robot executes.
 
 Sizes: `sim` is the robot's own camera (64 px; the flowstep policies on point cloud + state, as README's
 workflow), `rlbench` is RLBench's (4 cameras at 128 px: the camera and 3 load-test views; RGB + point cloud +
@@ -158,8 +160,7 @@ def policies(size: Size, root: Path, out: Path, args: argparse.Namespace) -> dic
         "teacher (10 Euler steps)": (teacher, ["--policy.num_inference_steps=10"]),
         "diffusion (DDIM-10)": (diffusion, []),
     }
-    if args.rtc:
-        rows["teacher (10 Euler steps), RTC"] = (teacher, ["--policy.num_inference_steps=10", *args.rtc_arg])
+    rows["teacher (10 Euler steps), RTC"] = (teacher, ["--policy.num_inference_steps=10", *args.rtc_args])
     return rows
 
 
@@ -213,9 +214,13 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=20, help="teacher and diffusion steps (timing: a few)")
     parser.add_argument("--student-steps", type=int, help="student steps (default: --train-steps)")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of each rollout")
-    parser.add_argument("--rtc", action="store_true", help="add the teacher under lerobot-rollout's RTC engine")
+    # The engine re-plans whenever its queue holds at most queue_threshold actions; LeRobot's default (30) exceeds
+    # these chunks and re-plans continuously. 8: as often as the sync rows (n_action_steps).
     parser.add_argument(
-        "--rtc-arg", action="append", default=["--inference.type=rtc"], help="lerobot-rollout arguments of the RTC row"
+        "--rtc-args",
+        nargs="+",
+        default=["--inference.type=rtc", "--inference.queue_threshold=8"],
+        help="lerobot-rollout arguments of the teacher's RTC row",
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--force", action="store_true", help="redo the rollouts (not the recording and training)")
