@@ -134,6 +134,12 @@ def test_lerobots_server_and_client_drive_the_simulated_robot(serving, checkpoin
         ("flowstep_teacher", "imle_student", {}, "holds a policy of type 'imle_student'"),
         (
             "imle_student",
+            "/nonexistent/student",
+            {},
+            "Cannot load the 'imle_student' policy from '/nonexistent/student': no such folder on the server's machine",
+        ),
+        (
+            "imle_student",
             "imle_student",
             {"observe_goal": False, "image_size": 32},
             r"'observation.state' is \(2,\) from the robot, the policy was trained on \(4,\); "
@@ -147,7 +153,8 @@ def test_a_refused_policy_is_a_named_error_and_the_robot_never_moves(
     client, _ = serving
     grpc_server, policy_server, address = start(serving)
     try:
-        config = client_config(serving, tmp_path, address, policy_type, checkpoints[checkpoint], robot, duration_s=5)
+        path = checkpoints.get(checkpoint, checkpoint)
+        config = client_config(serving, tmp_path, address, policy_type, path, robot, duration_s=5)
         config.robot.report_path = tmp_path / "report.json"
         with pytest.raises(
             client.PolicyServerError, match=f"at {address} refused the policy: INVALID_ARGUMENT: .*{message}"

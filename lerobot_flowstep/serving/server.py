@@ -35,6 +35,7 @@ import pickle  # nosec: the protocol of LeRobot's async inference, between a rob
 import threading
 from concurrent import futures
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from pprint import pformat
 
 import grpc
@@ -104,11 +105,17 @@ class FlowstepPolicyServer(PolicyServer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"This server does not serve the policy type '{specs.policy_type}'; it serves {self.served_types}.",
             )
-        error = None
-        try:
-            super().SendPolicyInstructions(request, context)
-        except Exception as err:  # what LeRobot's loader raises, reported to the client instead of UNKNOWN
-            error = f"Cannot load the {where}: {type(err).__name__}: {err}"
+        error, path = None, Path(specs.pretrained_name_or_path)
+        if (path.is_absolute() or specs.pretrained_name_or_path.startswith(".")) and not path.is_dir():
+            error = (
+                f"Cannot load the {where}: no such folder on the server's machine (the server reads "
+                "pretrained_name_or_path itself)."
+            )
+        else:
+            try:
+                super().SendPolicyInstructions(request, context)
+            except Exception as err:  # what LeRobot's loader raises, reported to the client instead of UNKNOWN
+                error = f"Cannot load the {where}: {type(err).__name__}: {err}"
         if error is None and self.policy.config.type != specs.policy_type:
             error = f"Cannot serve the {where}: the checkpoint holds a policy of type '{self.policy.config.type}'."
         if error is None and isinstance(self.policy.config, FlowstepBaseConfig):
