@@ -34,13 +34,15 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     robot = FlowstepObstacleSimConfig(calibration_dir=root / "calibration")
     teacher = write_sim_robot_checkpoint("flowstep_teacher", root / "teacher", robot, num_points=64)
     student = write_sim_robot_checkpoint("imle_student", root / "student", robot, teacher_path=teacher)
-    return {"flowstep_teacher": teacher, "imle_student": student}
+    regression = write_sim_robot_checkpoint("flowstep_regression", root / "regression", robot, num_points=64)
+    return {"flowstep_teacher": teacher, "imle_student": student, "flowstep_regression": regression}
 
 
 @pytest.fixture(scope="module")
 def serving(tmp_path_factory):
     """The serving modules, imported in a scratch folder: LeRobot's async modules make `logs/` in the working
     directory and replace the root logger's handlers when imported, which the rest of the suite must not see."""
+    pytest.importorskip("grpc", reason="LeRobot's async inference needs the serve extra (lerobot[async])")
     root = logging.getLogger()
     handlers, level, cwd = root.handlers[:], root.level, os.getcwd()
     os.chdir(tmp_path_factory.mktemp("serving"))
@@ -98,7 +100,7 @@ def test_the_policy_needs_the_robots_state_and_depth_map_at_its_size(tmp_path, c
     assert robot_feature_problems(config, other, rename_map=renamed) == []
 
 
-@pytest.mark.parametrize("policy_type", ["imle_student", "flowstep_teacher"])
+@pytest.mark.parametrize("policy_type", ["imle_student", "flowstep_teacher", "flowstep_regression"])
 def test_lerobots_server_and_client_drive_the_simulated_robot(serving, checkpoints, tmp_path, policy_type):
     client, _ = serving
     grpc_server, _, address = start(serving)
@@ -201,6 +203,17 @@ def test_a_server_failing_mid_run_stops_the_robot_at_once_without_the_rest_of_it
     assert summary["chunks"] == 1 and summary["failure"] == str(failure.value)
     # Fewer than the chunk's 15 actions reached the robot: the rest was dropped with the failure.
     assert json.loads((tmp_path / "report.json").read_text())["actions"] == summary["actions_executed"] < CHUNK
+
+
+def test_a_second_server_on_a_port_in_use_is_a_named_error(serving):
+    _, server = serving
+    grpc_server, _, address = start(serving)
+    try:
+        config = server.FlowstepPolicyServerConfig(host="127.0.0.1", port=int(address.rsplit(":", 1)[1]))
+        with pytest.raises(OSError, match=f"Cannot listen on {address} .*give a free --port"):
+            server.start_server(config)
+    finally:
+        grpc_server.stop(None)
 
 
 def test_a_chunk_of_another_robots_action_size_is_refused(serving, checkpoints, tmp_path):

@@ -187,7 +187,8 @@ def start_server(
     """Start a policy server on `config.host:config.port` in this process's threads, as LeRobot's `serve` does.
     Returns the gRPC server (`.stop(None)` ends it), the policy server and the port."""
     policy_server = server_class(config)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    # gRPC binds with SO_REUSEPORT by default: a second server on a port in use would start and share its clients.
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=[("grpc.so_reuseport", 0)])
     services_pb2_grpc.add_AsyncInferenceServicer_to_server(policy_server, server)
     address = f"{config.host}:{config.port}"
     try:
