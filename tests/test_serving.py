@@ -100,6 +100,22 @@ def test_the_policy_needs_the_robots_state_and_depth_map_at_its_size(tmp_path, c
     assert robot_feature_problems(config, other, rename_map=renamed) == []
 
 
+def test_a_chunk_is_unnormalized_at_once_as_lerobots_server_does_action_by_action(checkpoints):
+    """The server passes the whole chunk (1, T, A) through the postprocessor; LeRobot's loops over its actions."""
+    import torch
+    from lerobot.configs import PreTrainedConfig
+    from lerobot.policies.factory import make_pre_post_processors
+
+    config = PreTrainedConfig.from_pretrained(checkpoints["flowstep_teacher"])
+    stats = {"observation.state": {"min": -torch.ones(4), "max": torch.ones(4)}}
+    stats["action"] = {"min": torch.tensor([-1.0, -2.0]), "max": torch.tensor([3.0, 0.5])}
+    _, postprocessor = make_pre_post_processors(config, dataset_stats=stats)
+    chunk = torch.rand(1, CHUNK, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    per_action = torch.stack([postprocessor(chunk[:, i]) for i in range(CHUNK)], dim=1)
+    torch.testing.assert_close(postprocessor(chunk), per_action)
+    torch.testing.assert_close(per_action[0, :, 1], (chunk[0, :, 1] + 1) / 2 * 2.5 - 2.0)
+
+
 @pytest.mark.parametrize("policy_type", ["imle_student", "flowstep_teacher", "flowstep_regression"])
 def test_lerobots_server_and_client_drive_the_simulated_robot(serving, checkpoints, tmp_path, policy_type):
     client, _ = serving
