@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -86,8 +87,6 @@ def _calibrate(args: argparse.Namespace) -> None:
 
 
 def _diagnose(args: argparse.Namespace) -> None:
-    import json
-
     from lerobot_flowstep.tools.diagnostics import held_out_chamfer, rollout_mode_report
 
     report: dict = {}
@@ -124,6 +123,27 @@ def _config(args: argparse.Namespace) -> None:
         print(f"Wrote {len(written)} configs under {args.output}.")
     else:
         print(f"Wrote {write_config(args.name, Path(args.output), overwrite=args.overwrite)}")
+
+
+def _serve(args: argparse.Namespace, options: list[str]) -> None:
+    import draccus
+
+    from lerobot_flowstep.serving.server import FlowstepPolicyServerConfig, serve
+
+    serve(draccus.parse(FlowstepPolicyServerConfig, args=options))
+
+
+def _robot_client(args: argparse.Namespace, options: list[str]) -> None:
+    import draccus
+
+    from lerobot_flowstep.serving.client import FlowstepRobotClientConfig, run_robot_client
+
+    summary = run_robot_client(draccus.parse(FlowstepRobotClientConfig, args=options))
+    print(json.dumps(summary))
+
+
+# Subcommands that take LeRobot's own options (draccus, `--name=value`), passed through unparsed.
+_LEROBOT_OPTIONS = {"serve", "robot-client"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,6 +251,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_hub_parsers(sub)
 
+    sub.add_parser(
+        "serve",
+        help="LeRobot's async-inference PolicyServer, serving this plugin's policies too (LeRobot's options: --host, "
+        "--port, --fps, --inference_latency, --obs_queue_timeout; and --observation_similarity_atol)",
+    ).set_defaults(func=_serve)
+    sub.add_parser(
+        "robot-client",
+        help="LeRobot's async-inference RobotClient, stopping the robot with an error when the server refuses or "
+        "fails (LeRobot's options: --robot.type, --server_address, --policy_type, --pretrained_name_or_path, "
+        "--actions_per_chunk, ...; and --duration_s, --summary_path)",
+    ).set_defaults(func=_robot_client)
+
     config = sub.add_parser(
         "config", help="the shipped lerobot-train configs (configs/ of the repository): list, path, write"
     )
@@ -251,9 +283,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, options = parser.parse_known_args(argv)
+    if options and args.command not in _LEROBOT_OPTIONS:
+        parser.error(f"unrecognized arguments: {' '.join(options)}")
     try:
-        args.func(args)
+        if args.command in _LEROBOT_OPTIONS:
+            args.func(args, options)
+        else:
+            args.func(args)
     except (OSError, KeyError, ValueError, RuntimeError) as err:
         print(f"lerobot-flowstep {args.command}: error: {err}", file=sys.stderr)
         return 2
