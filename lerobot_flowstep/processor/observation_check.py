@@ -58,7 +58,7 @@ class ObservationCheckProcessorStep(ObservationProcessorStep):
         for key, expected in self.features.items():
             value = observation.get(key)
             if value is None:
-                missing.append(f"'{key}' {tuple(expected)}" + (" (None: no frame)" if key in observation else ""))
+                missing.append(f"'{key}' {tuple(expected)}")
                 continue
             got = tuple(getattr(value, "shape", ()))
             lead = len(got) - len(expected)
