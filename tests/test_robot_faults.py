@@ -167,6 +167,18 @@ def test_a_robot_with_other_features_than_training_is_refused_naming_them(tmp_pa
             policy_input(other, preprocessor)
 
 
+def test_an_env_may_give_the_metric_depth_the_depth_map_becomes(tmp_path):
+    """lerobot-eval on the embedded task's camera gives `observation.depth.top` in metres, not the depth map."""
+    _, config, stats = teacher_on_the_robot(tmp_path)
+    preprocessor, _ = make_flowstep_pre_post_processors(config, stats)
+    state = torch.zeros(1, 4)
+    batch = preprocessor({"observation.state": state, "observation.depth.top": torch.full((1, 1, 64, 64), 3.0)})
+    assert batch[OBS_POINTCLOUD].shape == (1, 64, 3)
+    missing = r"missing: 'observation.images.top_depth' \(or 'observation.depth.top'\) \(1, 64, 64\)"
+    with pytest.raises(ValueError, match=missing):
+        preprocessor({"observation.state": state})
+
+
 # --- LeRobot's commands on a robot that misbehaves ------------------------------------------------------------
 
 

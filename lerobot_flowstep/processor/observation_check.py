@@ -28,17 +28,19 @@ REGISTRY_NAME = "flowstep_observation_check"
 
 def required_observation(
     input_features: dict[str, PolicyFeature], depth_maps: dict[str, list[float]], pointcloud_made: bool
-) -> dict[str, list[int]]:
-    """{key: per-frame shape} the preprocessor must be given: the policy's inputs as they arrive, before its own
-    steps make some of them (a depth map becomes `observation.depth.<cam>`, the point-cloud step makes the
-    cloud, which a dataset may also store: the step checks a stored one itself)."""
+) -> tuple[dict[str, list[int]], dict[str, str]]:
+    """The step's `features` and `alternatives`: the policy's inputs as they arrive, before its own steps make some
+    of them. A depth map becomes `observation.depth.<cam>`, which an env may give directly instead; the point-cloud
+    step makes the cloud, which a dataset may also store (the step checks a stored one itself)."""
     from_map = {depth_key(depth_map_camera(key)): key for key in depth_maps}
-    required = {}
+    features, alternatives = {}, {}
     for key, feature in input_features.items():
         if key == OBS_POINTCLOUD and pointcloud_made:
             continue
-        required[from_map.get(key, key)] = list(feature.shape)
-    return required
+        features[from_map.get(key, key)] = list(feature.shape)
+        if key in from_map:
+            alternatives[from_map[key]] = key
+    return features, alternatives
 
 
 @ProcessorStepRegistry.register(name=REGISTRY_NAME)
@@ -49,22 +51,27 @@ class ObservationCheckProcessorStep(ObservationProcessorStep):
     Attributes:
         features: {key: per-frame shape}, as `required_observation` gives them. A value may have one leading
             dimension (the batch) or two (batch, history: training batches).
+        alternatives: {key: another key it may arrive as} (a LeRobot depth map, or the metric depth it becomes).
     """
 
     features: dict[str, list[int]] = field(default_factory=dict)
+    alternatives: dict[str, str] = field(default_factory=dict)
 
     def observation(self, observation: dict[str, Any]) -> dict[str, Any]:
         missing, shapes = [], []
         for key, expected in self.features.items():
-            value = observation.get(key)
+            name, value = key, observation.get(key)
+            other = self.alternatives.get(key)
+            if value is None and other is not None:
+                name, value = other, observation.get(other)
             if value is None:
-                missing.append(f"'{key}' {tuple(expected)}")
+                missing.append(f"'{key}'" + (f" (or '{other}')" if other else "") + f" {tuple(expected)}")
                 continue
             got = tuple(getattr(value, "shape", ()))
             lead = len(got) - len(expected)
             if not 1 <= lead <= 2 or list(got[lead:]) != expected:
                 frame = got[lead:] if 1 <= lead <= 2 else got
-                shapes.append(f"'{key}' is {frame} per frame, trained on {tuple(expected)}")
+                shapes.append(f"'{name}' is {frame} per frame, trained on {tuple(expected)}")
         if missing or shapes:
             given = {k: tuple(getattr(v, "shape", ())) for k, v in observation.items() if k.startswith("observation.")}
             problems = ([f"missing: {', '.join(missing)}"] if missing else []) + (

@@ -44,8 +44,8 @@ def make_flowstep_pre_post_processors(
         norm_map=config.normalization_mapping,
         stats=dataset_stats,
     )
-    required = required_observation(config.input_features, config.depth_maps, config.pointcloud.enabled)
-    check = ObservationCheckProcessorStep(features=required)
+    features, alternatives = required_observation(config.input_features, config.depth_maps, config.pointcloud.enabled)
+    check = ObservationCheckProcessorStep(features=features, alternatives=alternatives)
     input_steps = [steps.rename_observations, steps.add_batch_dim, check, steps.to_device]
     if config.depth_maps:
         check_depth_unit(config.depth_maps, config.depth_unit, dataset_stats)
