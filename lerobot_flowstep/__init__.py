@@ -1,9 +1,9 @@
 """lerobot-flowstep: a CFM teacher distilled into a one-step IMLE student, as a LeRobot policy plugin.
 
 Importing this package registers the policy configs (`flowstep_teacher`, `imle_student`, `flowstep_regression`),
-the point-cloud processor step (`flowstep_pointcloud`) and the env types (`flowstep_obstacle`,
-`flowstep_pusht_disturbed`, `rlbench`, `flowstep_metaworld`), the simulated robot (`flowstep_obstacle_sim`)
-and its scripted teleoperator (`flowstep_obstacle_expert`) with LeRobot.
+the processor steps (`flowstep_observation_check`, `flowstep_depth_maps`, `flowstep_pointcloud`), the env types
+(`flowstep_obstacle`, `flowstep_pusht_disturbed`, `rlbench`, `flowstep_metaworld`), the simulated robot
+(`flowstep_obstacle_sim`) and its scripted teleoperator (`flowstep_obstacle_expert`) with LeRobot.
 """
 
 from lerobot_flowstep import (  # noqa: F401  (for their registrations)

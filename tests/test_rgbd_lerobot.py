@@ -237,6 +237,7 @@ def test_a_lerobot_recorded_rgbd_dataset_trains_caches_distils_and_evaluates(rec
         assert config["pointcloud"]["fixed_cameras"]["top"]["intrinsics"] == recorded["intrinsics"].tolist()
         steps = json.loads((checkpoints[name] / "policy_preprocessor.json").read_text())["steps"]
         assert [s["registry_name"] for s in steps if s.get("registry_name", "").startswith("flowstep")] == [
+            "flowstep_observation_check",
             "flowstep_depth_maps",
             "flowstep_pointcloud",
         ]

@@ -1,8 +1,9 @@
 """The preprocessor and postprocessor pipelines of the flowstep policies.
 
-Preprocessor: rename -> add batch dim -> device -> LeRobot depth maps to metric depth -> point cloud (metric
-depth in, before normalization) -> normalize. Postprocessor: unnormalize actions -> cpu. Depth, camera parameters
-and point clouds are left unnormalized; the point cloud is made on the policy's device.
+Preprocessor: rename -> add batch dim -> check the observation against training's features -> device -> LeRobot
+depth maps to metric depth -> point cloud (metric depth in, before normalization) -> normalize. Postprocessor:
+unnormalize actions -> cpu. Depth, camera parameters and point clouds are left unnormalized; the point cloud is made
+on the policy's device.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from lerobot.processor.factory import make_policy_processor_pipelines
 
 from lerobot_flowstep.policies.common.config_base import FlowstepBaseConfig
 from lerobot_flowstep.processor.depth_maps import DepthMapProcessorStep, check_depth_unit
+from lerobot_flowstep.processor.observation_check import ObservationCheckProcessorStep, required_observation
 from lerobot_flowstep.processor.pointcloud import PointCloudProcessorStep
 
 
@@ -42,7 +44,9 @@ def make_flowstep_pre_post_processors(
         norm_map=config.normalization_mapping,
         stats=dataset_stats,
     )
-    input_steps = [steps.rename_observations, steps.add_batch_dim, steps.to_device]
+    features, alternatives = required_observation(config.input_features, config.depth_maps, config.pointcloud.enabled)
+    check = ObservationCheckProcessorStep(features=features, alternatives=alternatives)
+    input_steps = [steps.rename_observations, steps.add_batch_dim, check, steps.to_device]
     if config.depth_maps:
         check_depth_unit(config.depth_maps, config.depth_unit, dataset_stats)
         input_steps.append(DepthMapProcessorStep(depth_maps=dict(config.depth_maps), depth_unit=config.depth_unit))

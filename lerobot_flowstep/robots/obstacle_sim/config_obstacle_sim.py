@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lerobot.robots import RobotConfig
@@ -10,6 +10,32 @@ from lerobot.robots import RobotConfig
 from lerobot_flowstep.envs.obstacle import CAMERA_NAME
 
 ROBOT_TYPE = "flowstep_obstacle_sim"
+
+
+@dataclass
+class SimFaultsConfig:
+    """Faults to inject: a test rig for how LeRobot's commands and a policy meet a robot that misbehaves, as a
+    real one's faults surface (exceptions from `get_observation` / `send_action`). None injects nothing.
+
+    Steps count the observations of one scene's live phase (1 = its first), so a fault lands in the same
+    episode however fast the machine runs the loop.
+    """
+
+    # The scene the faults hit: 0 is the first (under lerobot-record, scene k is episode k).
+    scene: int = 0
+    # From this step on the robot is unreachable: get_observation and send_action raise DeviceNotConnectedError.
+    disconnect_at_step: int | None = None
+    # At this step the camera gives no frame: get_observation raises TimeoutError, as LeRobot's cameras do when
+    # no frame arrives in time; the next step has a frame again.
+    drop_frame_at_step: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("disconnect_at_step", "drop_frame_at_step"):
+            step = getattr(self, name)
+            if step is not None and step < 1:
+                raise ValueError(f"faults.{name} counts from 1 (the live phase's first observation), got {step}.")
+        if self.scene < 0:
+            raise ValueError(f"faults.scene must be at least 0, got {self.scene}.")
 
 
 @RobotConfig.register_subclass(ROBOT_TYPE)
@@ -48,6 +74,8 @@ class FlowstepObstacleSimConfig(RobotConfig):
     overrun_tolerance: float = 0.1
     # Where to write the run's report (scenes, successes, modes, control rate, overruns) as JSON on disconnect.
     report_path: Path | None = None
+    # Injected faults, for tests only (see SimFaultsConfig).
+    faults: SimFaultsConfig = field(default_factory=SimFaultsConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()

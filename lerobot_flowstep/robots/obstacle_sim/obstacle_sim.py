@@ -21,6 +21,10 @@ success and mode, the control rate achieved, the share of overruns and those tim
 
 A scripted operator (`lerobot_flowstep.teleoperators.obstacle_expert`) watches a robot of the same process
 through `connected_robot`, as a person watches the real scene.
+
+Faults (`config.faults`, a test rig): a lost link or a camera with no frame at a given step of a scene, raised
+from `get_observation` / `send_action` as a real robot's are; `report()` then says where each struck and how many
+actions were sent after it.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from typing import Any
 
 import numpy as np
 from lerobot.robots import Robot
+from lerobot.utils.errors import DeviceNotConnectedError
 
 from lerobot_flowstep.datasets.calibration import write_json_atomic
 from lerobot_flowstep.envs.expert import OFF_MANIFOLD, classify_trajectory
@@ -103,6 +108,11 @@ class FlowstepObstacleSim(Robot):
         self._actions = 0
         self._observed_t: float | None = None
         self._decision_times: list[float] = []
+        # Injected faults (config.faults): steps of the faulty scene's live phase, where each fault struck.
+        self._fault_steps = 0
+        self._link_lost_at: int | None = None
+        self._frame_dropped_at: int | None = None
+        self._actions_after_fault = 0
 
     # --- features ---------------------------------------------------------------------------------------------
 
@@ -250,6 +260,7 @@ class FlowstepObstacleSim(Robot):
     def get_observation(self) -> dict[str, Any]:
         self._check_connected()
         self._advance(time.perf_counter())
+        self._inject_faults()
         obs = self._env_obs
         values = [*obs["agent_pos"], *obs["environment_state"][:2]]
         observation: dict[str, Any] = {key: float(v) for key, v in zip(self._state_keys, values, strict=False)}
@@ -264,6 +275,7 @@ class FlowstepObstacleSim(Robot):
 
     def send_action(self, action: dict[str, Any]) -> dict[str, Any]:
         env = self._check_connected()
+        self._check_link()
         missing = [key for key in AGENT_KEYS if key not in action]
         # LeRobot's rollout returns a robot to its start by sending every `.pos` of the observation, goal included.
         unknown = [key for key in action if key not in AGENT_KEYS and key not in self._state_keys]
@@ -334,4 +346,48 @@ class FlowstepObstacleSim(Robot):
             "modes": modes,
             "modes_covered": len({m for m in modes if m != OFF_MANIFOLD}),
             **timing,
+            **self._fault_report(),
         }
+
+    # --- injected faults (config.faults, a test rig) ----------------------------------------------------------
+
+    def _inject_faults(self) -> None:
+        """At each observation, once the schedule has moved: raise the fault set for this step, as a real robot's
+        faults surface in LeRobot (a lost link as DeviceNotConnectedError, a camera with no frame as the
+        TimeoutError of LeRobot's cameras)."""
+        faults = self.config.faults
+        if self._link_lost_at is not None:
+            raise self._lost_link()
+        if self._phase != "live" or self._scene_index != faults.scene:
+            return
+        self._fault_steps += 1
+        if self._fault_steps == faults.disconnect_at_step:
+            self._link_lost_at = self._fault_steps
+            raise self._lost_link()
+        if self._fault_steps == faults.drop_frame_at_step:
+            self._frame_dropped_at = self._fault_steps
+            raise TimeoutError(
+                f"{self.name}: timed out waiting for a frame from camera '{self.config.camera}' at step "
+                f"{self._fault_steps} of scene {faults.scene} (injected by faults.drop_frame_at_step)."
+            )
+
+    def _check_link(self) -> None:
+        """At each action: count those that come after an injected fault; refuse them once the link is lost."""
+        if self._link_lost_at is None and self._frame_dropped_at is None:
+            return
+        self._actions_after_fault += 1
+        if self._link_lost_at is not None:
+            raise self._lost_link()
+
+    def _lost_link(self) -> DeviceNotConnectedError:
+        return DeviceNotConnectedError(
+            f"{self.name} lost its connection at step {self._link_lost_at} of scene {self.config.faults.scene} "
+            "(injected by faults.disconnect_at_step): it no longer answers."
+        )
+
+    def _fault_report(self) -> dict[str, Any]:
+        faults = self.config.faults
+        if faults.disconnect_at_step is None and faults.drop_frame_at_step is None:
+            return {}
+        struck = {"link_lost_at_step": self._link_lost_at, "frame_dropped_at_step": self._frame_dropped_at}
+        return {"faults": {"scene": faults.scene, **struck, "actions_after_fault": self._actions_after_fault}}
