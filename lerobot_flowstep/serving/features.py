@@ -17,23 +17,20 @@ from typing import Any
 
 from lerobot.configs import FeatureType
 
-from lerobot_flowstep.constants import OBS_POINTCLOUD, depth_key
 from lerobot_flowstep.policies.common.config_base import FlowstepBaseConfig
-from lerobot_flowstep.processor.depth_maps import depth_map_camera
+from lerobot_flowstep.processor.observation_check import required_observation
 
 
 def required_robot_features(config: FlowstepBaseConfig) -> dict[str, tuple[int, ...]]:
-    """{LeRobot observation key: its shape as the robot gives it} for every input the preprocessor does not make:
-    images and depth maps channel-last (H, W, C), vectors as they are."""
-    from_depth_map = {depth_key(depth_map_camera(key)): key for key in config.depth_maps}
+    """{LeRobot observation key: its shape as the robot gives it} for every input the preprocessor does not make
+    (the keys the preprocessor's `flowstep_observation_check` step checks): images and depth maps channel-last
+    (H, W, C), vectors as they are."""
+    features, _ = required_observation(config.input_features, config.depth_maps, config.pointcloud.enabled)
     required = {}
-    for key, feature in config.input_features.items():
-        if key == OBS_POINTCLOUD and config.pointcloud.enabled:
-            continue  # made by the point-cloud step from the depth maps
-        shape = tuple(feature.shape)
-        if (key in from_depth_map or feature.type == FeatureType.VISUAL) and len(shape) == 3:
-            shape = (shape[1], shape[2], shape[0])
-        required[from_depth_map.get(key, key)] = shape
+    for key, shape in features.items():
+        feature = config.input_features.get(key)
+        image = key in config.depth_maps or (feature is not None and feature.type == FeatureType.VISUAL)
+        required[key] = (shape[1], shape[2], shape[0]) if image and len(shape) == 3 else tuple(shape)
     return required
 
 
