@@ -17,10 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lerobot.policies.rtc import RTCConfig, RTCProcessor
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from lerobot_flowstep.policies.common.policy_base import FlowstepBasePolicy
 
 VelocityFn = Callable[[Tensor, float], Tensor]
 
@@ -139,3 +143,37 @@ def rtc_processor_for(policy_processor: RTCProcessor | None, rtc_config: RTCConf
     if policy_processor is not None and policy_processor.rtc_config is rtc_config:
         return policy_processor
     return RTCProcessor(rtc_config if rtc_config is not None else RTCConfig())
+
+
+def rtc_processor_from_config(rtc_config: RTCConfig | None) -> RTCProcessor | None:
+    """What a policy's `init_rtc_processor` keeps: lerobot-rollout sets `config.rtc_config`, then calls it."""
+    return RTCProcessor(rtc_config) if rtc_config is not None else None
+
+
+def follows_prefix(rtc_config: RTCConfig | None, prev_chunk_left_over: Any) -> bool:
+    """Whether a `predict_action_chunk` call is to follow a left-over: one is given and RTC is not disabled."""
+    return prev_chunk_left_over is not None and (rtc_config is None or rtc_config.enabled)
+
+
+def policy_prefix_guidance(
+    policy: FlowstepBasePolicy,
+    cond: Tensor,
+    prev_chunk_left_over: Tensor,
+    inference_delay: int | None,
+    execution_horizon: int | None,
+) -> PrefixGuidance:
+    """`make_prefix_guidance` for a flowstep policy's encoded observations `cond` (B, cond_dim)."""
+    config = policy.config
+    return make_prefix_guidance(
+        prev_chunk_left_over,
+        inference_delay,
+        execution_horizon,
+        rtc_processor_for(policy.rtc_processor, config.rtc_config),
+        batch_size=cond.shape[0],
+        horizon=config.horizon,
+        n_obs_steps=config.n_obs_steps,
+        action_dim=config.action_dim,
+        policy_name=policy.name,
+        device=cond.device,
+        dtype=cond.dtype,
+    )

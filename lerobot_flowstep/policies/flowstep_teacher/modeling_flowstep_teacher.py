@@ -8,7 +8,12 @@ from torch import Tensor
 from lerobot_flowstep.core.flow_matching import cfm_loss, integrate, sample_time
 from lerobot_flowstep.core.networks import make_chunk_network
 from lerobot_flowstep.policies.common.policy_base import FlowstepBasePolicy
-from lerobot_flowstep.policies.common.rtc import PrefixGuidance, make_prefix_guidance, rtc_processor_for
+from lerobot_flowstep.policies.common.rtc import (
+    PrefixGuidance,
+    follows_prefix,
+    policy_prefix_guidance,
+    rtc_processor_from_config,
+)
 from lerobot_flowstep.policies.flowstep_teacher.configuration_flowstep_teacher import FlowstepTeacherConfig
 
 
@@ -55,8 +60,7 @@ class FlowstepTeacherPolicy(FlowstepBasePolicy):
 
     def init_rtc_processor(self) -> None:
         """Called by lerobot-rollout after it sets `config.rtc_config` from `--inference.rtc.*` (as for pi0)."""
-        config = self.config.rtc_config
-        self.rtc_processor = RTCProcessor(config) if config is not None else None
+        self.rtc_processor = rtc_processor_from_config(self.config.rtc_config)
 
     @torch.no_grad()
     def predict_action_chunk(
@@ -72,23 +76,10 @@ class FlowstepTeacherPolicy(FlowstepBasePolicy):
         actions are pulled onto the left-over and the following ones blend into it up to `execution_horizon`
         (default `config.rtc_config.execution_horizon`). Without a left-over it is the plain chunk, at the plain
         cost."""
-        rtc_config = self.config.rtc_config
-        if prev_chunk_left_over is None or (rtc_config is not None and not rtc_config.enabled):
+        if not follows_prefix(self.config.rtc_config, prev_chunk_left_over):
             return super().predict_action_chunk(batch, noise)
         cond = self.encode(batch)
-        guidance = make_prefix_guidance(
-            prev_chunk_left_over,
-            inference_delay,
-            execution_horizon,
-            rtc_processor_for(self.rtc_processor, rtc_config),
-            batch_size=cond.shape[0],
-            horizon=self.config.horizon,
-            n_obs_steps=self.config.n_obs_steps,
-            action_dim=self.config.action_dim,
-            policy_name=self.name,
-            device=cond.device,
-            dtype=cond.dtype,
-        )
+        guidance = policy_prefix_guidance(self, cond, prev_chunk_left_over, inference_delay, execution_horizon)
         chunk = self._chunk_from_cond(cond, noise, guidance=guidance)
         return self._host_actions(chunk[:, self.config.n_obs_steps - 1 :], batch)
 

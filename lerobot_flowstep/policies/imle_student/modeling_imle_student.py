@@ -12,9 +12,10 @@ from lerobot_flowstep.core.networks import make_chunk_network
 from lerobot_flowstep.policies.common.policy_base import FlowstepBasePolicy
 from lerobot_flowstep.policies.common.rtc import (
     PrefixGuidance,
-    make_prefix_guidance,
+    follows_prefix,
+    policy_prefix_guidance,
     prefix_distance,
-    rtc_processor_for,
+    rtc_processor_from_config,
 )
 from lerobot_flowstep.policies.flowstep_teacher.modeling_flowstep_teacher import FlowstepTeacherPolicy
 from lerobot_flowstep.policies.imle_student.configuration_imle_student import (
@@ -200,8 +201,7 @@ class ImleStudentPolicy(FlowstepBasePolicy):
 
     def init_rtc_processor(self) -> None:
         """Called by lerobot-rollout after it sets `config.rtc_config` from `--inference.rtc.*` (as for pi0)."""
-        config = self.config.rtc_config
-        self.rtc_processor = RTCProcessor(config) if config is not None else None
+        self.rtc_processor = rtc_processor_from_config(self.config.rtc_config)
 
     @torch.no_grad()
     def predict_action_chunk(
@@ -217,8 +217,7 @@ class ImleStudentPolicy(FlowstepBasePolicy):
         under LeRobot's RTC prefix weights (`prefix_distance`: 1 over the `inference_delay` actions, decaying to 0
         at `execution_horizon`), instead of `candidate_selection`'s choice; the candidates cost what they cost
         without RTC."""
-        rtc_config = self.config.rtc_config
-        if prev_chunk_left_over is None or (rtc_config is not None and not rtc_config.enabled):
+        if not follows_prefix(self.config.rtc_config, prev_chunk_left_over):
             return super().predict_action_chunk(batch, noise)
         if not self.supports_rtc() or noise is not None:
             raise ValueError(
@@ -230,19 +229,7 @@ class ImleStudentPolicy(FlowstepBasePolicy):
                 )
             )
         cond = self.encode(batch)
-        guidance = make_prefix_guidance(
-            prev_chunk_left_over,
-            inference_delay,
-            execution_horizon,
-            rtc_processor_for(self.rtc_processor, rtc_config),
-            batch_size=cond.shape[0],
-            horizon=self.config.horizon,
-            n_obs_steps=self.config.n_obs_steps,
-            action_dim=self.config.action_dim,
-            policy_name=self.name,
-            device=cond.device,
-            dtype=cond.dtype,
-        )
+        guidance = policy_prefix_guidance(self, cond, prev_chunk_left_over, inference_delay, execution_horizon)
         chunk = self._chunk_from_cond(cond, guidance=guidance)
         return self._host_actions(chunk[:, self.config.n_obs_steps - 1 :], batch)
 
