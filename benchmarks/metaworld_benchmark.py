@@ -122,8 +122,25 @@ def teacher_cache(teacher: Path, dataset: dict, path: Path, args: argparse.Names
     return path
 
 
+def check_same_budget(run_dir: Path, args: argparse.Namespace) -> None:
+    """A run folder is named by method only: refuse to reuse (and report as this run's) a checkpoint trained at
+    another budget."""
+    path = run_dir / "train_config_input.json"
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text())
+    wanted = {"steps": args.steps, "batch_size": args.batch_size}
+    trained = {key: saved.get(key) for key in wanted}
+    if trained != wanted:
+        raise SystemExit(
+            f"{run_dir} holds a run trained with {trained}, not this command's {wanted}: give this budget its own "
+            "--output (or remove that folder)."
+        )
+
+
 def train(method: str, task: str, data: Path, task_dir: Path, args: argparse.Namespace) -> Path:
     run_dir = task_dir / method
+    check_same_budget(run_dir, args)
     try:
         return last_checkpoint(run_dir / "train")
     except FileNotFoundError:
