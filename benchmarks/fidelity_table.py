@@ -8,7 +8,8 @@ Rows come from the benchmarks' own reports:
 - `--metaworld NAME RESULTS TEACHER STUDENT`: a `benchmarks/metaworld_benchmark.py` results JSON and two rows,
   pooled over its tasks (latency as the report gives it: the first task's);
 - `--counts NAME TEACHER_K/N STUDENT_K/N TEACHER_MS STUDENT_MS`: a row whose report is not on this machine,
-  entered as the successes, episodes and latencies that run reported (say which in the table's text).
+  entered as the successes, episodes and latencies that run reported (say which in the table's text); `-` for a
+  latency not measured.
 
     uv run python benchmarks/fidelity_table.py \\
         --pusht "PushT, U-Net" outputs/pusht_unet/report.json "teacher (10 Euler" "student [euler10"
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +61,7 @@ def counts_arm(count: str, latency: str) -> Arm:
     k, n = (int(x) for x in count.split("/"))
     if not 0 <= k <= n or n == 0:
         raise SystemExit(f"Counts must read K/N with 0 <= K <= N and N > 0, got {count!r}.")
-    return Arm(k, n, float(latency))
+    return Arm(k, n, float("nan") if latency == "-" else float(latency))
 
 
 def table(rows: dict[str, tuple[Arm, Arm]]) -> str:
@@ -76,9 +78,10 @@ def table(rows: dict[str, tuple[Arm, Arm]]) -> str:
         lo, hi = difference_interval(student.successes, student.episodes, teacher.successes, teacher.episodes)
         gap = 100 * (student.rate - teacher.rate)
         speed = teacher.latency_ms / student.latency_ms
+        latency = f"{teacher.latency_ms:.2f} / {student.latency_ms:.2f}" if math.isfinite(speed) else "not measured"
         lines.append(
             f"| {name} | {cells[0]} | {cells[1]} | {gap:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] "
-            f"| {teacher.latency_ms:.2f} / {student.latency_ms:.2f} | {speed:.1f}x |"
+            f"| {latency} | {f'{speed:.1f}x' if math.isfinite(speed) else '-'} |"
         )
     return "\n".join(lines)
 
