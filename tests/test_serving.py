@@ -253,7 +253,16 @@ def test_a_chunk_of_another_robots_action_size_is_refused(serving, checkpoints, 
 
 def run_command(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(args, cwd=cwd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    # Ctrl-C as a terminal delivers it: under a background job (CI started with `&`) SIGINT is ignored, the
+    # children inherit that, and Python then installs no KeyboardInterrupt handler, so SIGINT would stop nothing.
+    return subprocess.Popen(
+        args,
+        cwd=cwd,
+        env=env,
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def wait_for(predicate, timeout_s: float, what: str, log: Path) -> None:
