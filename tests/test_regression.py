@@ -51,3 +51,15 @@ def test_the_loss_pulls_the_prediction_onto_the_dataset_chunk_and_ignores_paddin
 def test_a_student_config_saved_with_the_old_regression_objective_says_where_the_baseline_went():
     with pytest.raises(ValueError, match="--policy.type=flowstep_regression"):
         ImleStudentConfig(objective="regression")
+
+
+def test_a_left_over_chunk_is_refused_by_name_not_silently_ignored():
+    """The RTC arguments of `predict_action_chunk` are the base policy's; the L2 baseline cannot follow a
+    left-over (supports_rtc() is false), and says so instead of returning a chunk that ignores it."""
+    policy = _policy()
+    state = torch.randn(1, 2, 2, generator=torch.Generator().manual_seed(2))
+    assert policy.predict_action_chunk({"observation.state": state}).shape[1] == 8 - 2 + 1
+    with pytest.raises(ValueError, match="does not follow prev_chunk_left_over"):
+        policy.predict_action_chunk(
+            {"observation.state": state}, inference_delay=1, prev_chunk_left_over=torch.zeros(7, 2)
+        )

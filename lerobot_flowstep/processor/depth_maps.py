@@ -57,9 +57,8 @@ def depth_map_camera(key: str) -> str:
 
 @dataclass
 class DatasetDepthMap:
-    """What a dataset's `info.json` says about one depth-map feature."""
+    """What a dataset's `info.json` says about one depth-map feature (`dataset_depth_maps` keys it by its key)."""
 
-    key: str
     camera: str
     shape: tuple[int, int, int]  # (1, H, W), channel first as the policy sees it
     valid_range: list[float]  # [depth_min, depth_max] metres of the quantizer, [] when stored unquantized
@@ -94,7 +93,6 @@ def dataset_depth_maps(features: dict[str, dict[str, Any]]) -> dict[str, Dataset
                 )
             calibration = {"intrinsics": info[INTRINSICS_INFO], "extrinsics": info[EXTRINSICS_INFO]}
         maps[key] = DatasetDepthMap(
-            key=key,
             camera=depth_map_camera(key),
             shape=(1, h, w),
             valid_range=valid_range,

@@ -27,6 +27,7 @@ from torch import Tensor
 from lerobot_flowstep.constants import OBS_POINTCLOUD
 from lerobot_flowstep.core.encoder import UnifiedObservationEncoder
 from lerobot_flowstep.policies.common.config_base import FlowstepBaseConfig
+from lerobot_flowstep.policies.common.rtc import follows_prefix, policy_prefix_guidance, rtc_processor_from_config
 from lerobot_flowstep.processor.pointcloud import REGISTRY_NAME as POINTCLOUD_REGISTRY_NAME
 from lerobot_flowstep.processor.pointcloud import PointCloudConfig
 
@@ -56,6 +57,8 @@ class FlowstepBasePolicy(PreTrainedPolicy):
         self._frame_features: deque[Tensor | dict[str, Tensor]] = deque()
         self._last_chunk: Tensor | None = None
         self._training_steps = 0
+        self.rtc_processor = None
+        self.init_rtc_processor()
         self.reset()
 
     def get_optim_params(self):
@@ -196,7 +199,14 @@ class FlowstepBasePolicy(PreTrainedPolicy):
         return self._host_actions(self._chunk_from_cond(self.encode(batch), noise), batch)
 
     @torch.no_grad()
-    def predict_action_chunk(self, batch: dict[str, Tensor], noise: Tensor | None = None) -> Tensor:
+    def predict_action_chunk(
+        self,
+        batch: dict[str, Tensor],
+        noise: Tensor | None = None,
+        inference_delay: int | None = None,
+        prev_chunk_left_over: Tensor | None = None,
+        execution_horizon: int | None = None,
+    ) -> Tensor:
         """The actions still to come, from the newest observation's step on: (B, horizon - n_obs_steps + 1,
         action_dim). This is what LeRobot's callers of this method (the async policy server, lerobot-rollout's
         RTC engine) take a chunk to be: its first action is the one to execute now. `select_action` executes the
@@ -205,9 +215,33 @@ class FlowstepBasePolicy(PreTrainedPolicy):
         `batch` has the time dimension (B, n_obs_steps, ...) or is a single frame, which then stands for its own
         history. Like a re-plan in `select_action` it updates `_last_chunk`, but it neither reads nor changes the
         rollout's frame history. The chunk is returned on the host, read back there once and checked
-        (`_host_actions`)."""
-        chunk = self._chunk_from_cond(self.encode(batch), noise)
+        (`_host_actions`).
+
+        Real-time chunking (LeRobot's RTC engine): given `prev_chunk_left_over` (normalized, index 0 due now) and
+        RTC not disabled (`config.rtc_config.enabled`), the chunk continues the left-over over `inference_delay`
+        actions and blends into it up to `execution_horizon`; how is the policy's own (`_chunk_from_cond`'s
+        `guidance`, see `policies/common/rtc.py`). A policy that cannot follow one refuses it
+        (`check_prefix_call`). Without a left-over it is the plain chunk, at the plain cost."""
+        cond = self.encode(batch)
+        if follows_prefix(getattr(self.config, "rtc_config", None), prev_chunk_left_over):
+            self.check_prefix_call(noise)
+            guidance = policy_prefix_guidance(self, cond, prev_chunk_left_over, inference_delay, execution_horizon)
+            chunk = self._chunk_from_cond(cond, noise, guidance=guidance)
+        else:
+            chunk = self._chunk_from_cond(cond, noise)
         return self._host_actions(chunk[:, self.config.n_obs_steps - 1 :], batch)
+
+    def init_rtc_processor(self) -> None:
+        """Called by lerobot-rollout after it sets `config.rtc_config` from `--inference.rtc.*` (as for pi0)."""
+        self.rtc_processor = rtc_processor_from_config(getattr(self.config, "rtc_config", None))
+
+    def check_prefix_call(self, noise: Tensor | None) -> None:
+        """Refuse a `predict_action_chunk` call with a left-over this policy cannot follow."""
+        if not self.supports_rtc():
+            raise ValueError(
+                f"{self.name} does not follow prev_chunk_left_over (real-time chunking): call predict_action_chunk "
+                "without it, or serve a flowstep_teacher or imle_student."
+            )
 
     @torch.no_grad()
     def select_action(self, batch: dict[str, Tensor], noise: Tensor | None = None) -> Tensor:

@@ -17,14 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from lerobot.policies.pretrained import PreTrainedPolicy
 from lerobot.policies.rtc import RTCConfig, RTCProcessor
 from torch import Tensor
-
-if TYPE_CHECKING:
-    from lerobot_flowstep.policies.common.policy_base import FlowstepBasePolicy
 
 VelocityFn = Callable[[Tensor, float], Tensor]
 
@@ -156,13 +154,14 @@ def follows_prefix(rtc_config: RTCConfig | None, prev_chunk_left_over: Any) -> b
 
 
 def policy_prefix_guidance(
-    policy: FlowstepBasePolicy,
+    policy: PreTrainedPolicy,
     cond: Tensor,
     prev_chunk_left_over: Tensor,
     inference_delay: int | None,
     execution_horizon: int | None,
 ) -> PrefixGuidance:
-    """`make_prefix_guidance` for a flowstep policy's encoded observations `cond` (B, cond_dim)."""
+    """`make_prefix_guidance` for a flowstep policy's (its config's horizon, n_obs_steps, action_dim and
+    rtc_config; its rtc_processor) encoded observations `cond` (B, cond_dim)."""
     config = policy.config
     return make_prefix_guidance(
         prev_chunk_left_over,

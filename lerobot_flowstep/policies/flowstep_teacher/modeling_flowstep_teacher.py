@@ -1,19 +1,12 @@
 """The Conditional Flow Matching teacher policy."""
 
-import torch
-from lerobot.policies.rtc import RTCProcessor
 from lerobot.utils.constants import ACTION
 from torch import Tensor
 
 from lerobot_flowstep.core.flow_matching import cfm_loss, integrate, sample_time
 from lerobot_flowstep.core.networks import make_chunk_network
 from lerobot_flowstep.policies.common.policy_base import FlowstepBasePolicy
-from lerobot_flowstep.policies.common.rtc import (
-    PrefixGuidance,
-    follows_prefix,
-    policy_prefix_guidance,
-    rtc_processor_from_config,
-)
+from lerobot_flowstep.policies.common.rtc import PrefixGuidance
 from lerobot_flowstep.policies.flowstep_teacher.configuration_flowstep_teacher import FlowstepTeacherConfig
 
 
@@ -30,8 +23,6 @@ class FlowstepTeacherPolicy(FlowstepBasePolicy):
     def __init__(self, config: FlowstepTeacherConfig, **kwargs):
         super().__init__(config, **kwargs)
         self.velocity = make_chunk_network(config.network, config.horizon, config.action_dim, self.encoder.cond_dim)
-        self.rtc_processor: RTCProcessor | None = None
-        self.init_rtc_processor()
 
     def generate(
         self,
@@ -57,31 +48,6 @@ class FlowstepTeacherPolicy(FlowstepBasePolicy):
 
     def supports_rtc(self) -> bool:
         return True
-
-    def init_rtc_processor(self) -> None:
-        """Called by lerobot-rollout after it sets `config.rtc_config` from `--inference.rtc.*` (as for pi0)."""
-        self.rtc_processor = rtc_processor_from_config(self.config.rtc_config)
-
-    @torch.no_grad()
-    def predict_action_chunk(
-        self,
-        batch: dict[str, Tensor],
-        noise: Tensor | None = None,
-        inference_delay: int | None = None,
-        prev_chunk_left_over: Tensor | None = None,
-        execution_horizon: int | None = None,
-    ) -> Tensor:
-        """The base class's chunk (from the newest observation's step on), guided towards `prev_chunk_left_over`
-        when it is given and RTC is not disabled (`config.rtc_config.enabled`): its first `inference_delay`
-        actions are pulled onto the left-over and the following ones blend into it up to `execution_horizon`
-        (default `config.rtc_config.execution_horizon`). Without a left-over it is the plain chunk, at the plain
-        cost."""
-        if not follows_prefix(self.config.rtc_config, prev_chunk_left_over):
-            return super().predict_action_chunk(batch, noise)
-        cond = self.encode(batch)
-        guidance = policy_prefix_guidance(self, cond, prev_chunk_left_over, inference_delay, execution_horizon)
-        chunk = self._chunk_from_cond(cond, noise, guidance=guidance)
-        return self._host_actions(chunk[:, self.config.n_obs_steps - 1 :], batch)
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
         actions = batch[ACTION]

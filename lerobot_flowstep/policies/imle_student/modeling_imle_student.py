@@ -3,20 +3,13 @@
 import dataclasses
 
 import torch
-from lerobot.policies.rtc import RTCProcessor
 from lerobot.utils.constants import ACTION
 from torch import Tensor
 
 from lerobot_flowstep.core.imle import imle_chamfer_objective, paired_distances, trajectory_distances
 from lerobot_flowstep.core.networks import make_chunk_network
 from lerobot_flowstep.policies.common.policy_base import FlowstepBasePolicy
-from lerobot_flowstep.policies.common.rtc import (
-    PrefixGuidance,
-    follows_prefix,
-    policy_prefix_guidance,
-    prefix_distance,
-    rtc_processor_from_config,
-)
+from lerobot_flowstep.policies.common.rtc import PrefixGuidance, prefix_distance
 from lerobot_flowstep.policies.flowstep_teacher.modeling_flowstep_teacher import FlowstepTeacherPolicy
 from lerobot_flowstep.policies.imle_student.configuration_imle_student import (
     ImleStudentConfig,
@@ -97,8 +90,6 @@ class ImleStudentPolicy(FlowstepBasePolicy):
         self._teacher_holder: list[FlowstepTeacherPolicy] = []
         self._teacher_copy_checked = False
         self._cache_holder: list[TeacherCache] = []
-        self.rtc_processor: RTCProcessor | None = None
-        self.init_rtc_processor()
         if config.teacher_path:
             try:
                 teacher_config = load_teacher_config(config.teacher_path)
@@ -199,27 +190,12 @@ class ImleStudentPolicy(FlowstepBasePolicy):
         lerobot-rollout then refuses `--inference.type=rtc` with its own error."""
         return self.config.num_inference_candidates > 1
 
-    def init_rtc_processor(self) -> None:
-        """Called by lerobot-rollout after it sets `config.rtc_config` from `--inference.rtc.*` (as for pi0)."""
-        self.rtc_processor = rtc_processor_from_config(self.config.rtc_config)
-
-    @torch.no_grad()
-    def predict_action_chunk(
-        self,
-        batch: dict[str, Tensor],
-        noise: Tensor | None = None,
-        inference_delay: int | None = None,
-        prev_chunk_left_over: Tensor | None = None,
-        execution_horizon: int | None = None,
-    ) -> Tensor:
-        """The base class's chunk (from the newest observation's step on). Given `prev_chunk_left_over` (and RTC
-        not disabled by `config.rtc_config.enabled`), the executed candidate is the one nearest the left-over
-        under LeRobot's RTC prefix weights (`prefix_distance`: 1 over the `inference_delay` actions, decaying to 0
-        at `execution_horizon`), instead of `candidate_selection`'s choice; the candidates cost what they cost
-        without RTC."""
-        if not follows_prefix(self.config.rtc_config, prev_chunk_left_over):
-            return super().predict_action_chunk(batch, noise)
-        if not self.supports_rtc() or noise is not None:
+    def check_prefix_call(self, noise: Tensor | None) -> None:
+        """Following a left-over here means choosing among several candidates, the one nearest it under LeRobot's
+        RTC prefix weights (`prefix_distance`: 1 over the `inference_delay` actions, decaying to 0 at
+        `execution_horizon`), instead of `candidate_selection`'s choice; the candidates cost what they cost
+        without RTC. A fixed `noise`, or a single candidate, leaves nothing to choose."""
+        if noise is not None or not self.supports_rtc():
             raise ValueError(
                 f"{self.name}: following prev_chunk_left_over means choosing among several candidate chunks, but "
                 + (
@@ -228,10 +204,6 @@ class ImleStudentPolicy(FlowstepBasePolicy):
                     else "num_inference_candidates is 1; set --policy.num_inference_candidates=16 (the default)."
                 )
             )
-        cond = self.encode(batch)
-        guidance = policy_prefix_guidance(self, cond, prev_chunk_left_over, inference_delay, execution_horizon)
-        chunk = self._chunk_from_cond(cond, guidance=guidance)
-        return self._host_actions(chunk[:, self.config.n_obs_steps - 1 :], batch)
 
     # --- training -------------------------------------------------------------------------------
 
