@@ -455,6 +455,17 @@ def main() -> None:
         help="training steps between resume points (weights, optimizer, scheduler, RNG): a killed run continues "
         "from the last one; 0: none",
     )
+    parser.add_argument(
+        "--perturbed-cache-samples",
+        type=int,
+        default=0,
+        help="also cache this many teacher samples per frame, each at its own copy of the frame's observation "
+        "perturbed by --perturbed-cache-std, and distil on them (the observation-noise term without the teacher "
+        "in the loop; --student-arg num_perturbed_samples=k uses k of them per step); 0: none",
+    )
+    parser.add_argument(
+        "--perturbed-cache-std", type=float, default=0.1, help="observation noise of the perturbed cache (normalized)"
+    )
     parser.add_argument("--student-steps", type=int, help="distillation steps (default: the student config's)")
     parser.add_argument(
         "--student-arg",
@@ -570,6 +581,16 @@ def main() -> None:
         policy_overrides = [f"--policy.{arg}" for arg in args.student_arg]
         variant = cache_variant + (f"_{args.student_steps}steps" if args.student_steps else "")
         variant += "".join(f"_{arg.replace('=', '')}" for arg in args.student_arg)
+        perturbed_path = None
+        if args.perturbed_cache_samples:
+            # The observation-noise term from a cache, drawn with the main cache's sampler: no teacher in the loop.
+            perturbed = f"perturbed{args.perturbed_cache_std:g}x{args.perturbed_cache_samples}"
+            perturbed_path = output / "teacher" / f"teacher_samples{cache_variant}_{perturbed}.safetensors"
+            policy_overrides += [
+                f"--policy.perturbed_cache_path={perturbed_path}",
+                f"--policy.observation_noise_std={args.perturbed_cache_std}",
+            ]
+            variant += f"_{perturbed}"
         student_name = f"student{variant}"
         student_cfg = train_config(
             args.configs,
@@ -612,6 +633,27 @@ def main() -> None:
             )
             # This session's time: a resumed cache's earlier sessions are not in it.
             record_timing(output / "teacher", f"teacher_cache{cache_variant}_s", time.perf_counter() - start)
+        if perturbed_path is not None and not perturbed_path.exists():
+            start = time.perf_counter()
+            teacher, _, _ = load_checkpoint(checkpoints["teacher"], args.device)
+            cache_from_samples(
+                teacher,
+                str(checkpoints["teacher"]),
+                samples,
+                perturbed_path,
+                args.perturbed_cache_samples,
+                args.cache_steps,
+                args.cache_solver,
+                teacher_cfg.seed,
+                args.cache_batch_size,
+                dataset_meta=meta,
+                shard_size=args.cache_shard_size,
+                resume=True,
+                observation_noise_std=args.perturbed_cache_std,
+            )
+            record_timing(
+                output / "teacher", f"teacher_cache{cache_variant}_{perturbed}_s", time.perf_counter() - start
+            )
         if args.cache_only:
             print(f"The cache is drawn: {cache_path}")
             return

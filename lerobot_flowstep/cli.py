@@ -68,8 +68,16 @@ def _cache_teacher(args: argparse.Namespace) -> None:
         shard_size=args.shard_size or None,
         resume=args.resume,
         plan_batches=args.plan,
+        observation_noise_std=args.observation_noise_std,
     )
-    if not args.plan:
+    if args.plan:
+        return
+    if args.observation_noise_std > 0:
+        print(
+            f"Wrote {path}; train with --policy.perturbed_cache_path={path} "
+            f"--policy.observation_noise_std={args.observation_noise_std}"
+        )
+    else:
         print(f"Wrote {path}; train with --policy.teacher_cache_path={path}")
 
 
@@ -200,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BATCHES",
         help="write nothing: time this many batches (after a warm-up one) and print the cost per frame and the "
         "whole job's ETA on one and two processes",
+    )
+    cache.add_argument(
+        "--observation-noise-std",
+        type=float,
+        default=0.0,
+        help="draw a perturbed cache: each sample at its own copy of its frame's state-like observations offset by "
+        "Gaussian noise of this std (normalized units), for --policy.perturbed_cache_path; 0: at the frames",
     )
     cache.set_defaults(func=_cache_teacher)
 

@@ -190,7 +190,8 @@ def test_samplers_embed_their_time_grid_once_per_set_of_weights(teacher_dir):
 def test_teacher_cache_replaces_online_sampling(teacher_dir, tmp_path):
     teacher = FlowstepTeacherPolicy.from_pretrained(teacher_dir)
     batch = _batch()
-    samples, _, index = sample_teacher(teacher, [batch], num_samples=3, num_steps=2, solver="heun")
+    draws = sample_teacher(teacher, [batch], num_samples=3, num_steps=2, solver="heun")
+    samples, index = draws.samples, draws.index
     cache_file = write_teacher_cache(samples, index + 10, tmp_path / "cache.safetensors", {"note": "test"})
     student = _student(teacher_dir, teacher_cache_path=str(cache_file)).train()
     student._teacher_holder.append(None)  # any online sampling would now fail loudly
@@ -240,7 +241,8 @@ def test_paired_distillation_regresses_on_the_teachers_noise_to_chunk_map(teache
     paired = {"paired_weight": 1.0, "coverage_weight": 0.0, "fidelity_weight": 0.0, "include_dataset_action": False}
 
     def cached_student(num_steps, solver):
-        samples, latents, index = sample_teacher(teacher, [batch], 3, num_steps, solver, seed=5)
+        draws = sample_teacher(teacher, [batch], 3, num_steps, solver, seed=5)
+        samples, latents, index = draws.samples, draws.latents, draws.index
         # The stored latents are the ones each sample was integrated from.
         again = teacher.sample(batch, 3, noise=latents.flatten(0, 1), num_steps=num_steps, solver=solver)
         assert torch.allclose(again, samples, atol=1e-6)
@@ -264,8 +266,8 @@ def test_paired_distillation_regresses_on_the_teachers_noise_to_chunk_map(teache
     assert online.train().forward(batch)[0].item() < 1e-10
 
     # A cache written before latents were kept, and a student that cannot be paired, are refused by name.
-    samples, _, index = sample_teacher(teacher, [batch], 3, 1, "euler")
-    old = write_teacher_cache(samples, index, tmp_path / "old.safetensors", {})
+    draws = sample_teacher(teacher, [batch], 3, 1, "euler")
+    old = write_teacher_cache(draws.samples, draws.index, tmp_path / "old.safetensors", {})
     with pytest.raises(ValueError, match="holds no latents"):
         _student(teacher_dir, teacher_cache_path=str(old), num_student_samples=3, **paired).train().forward(batch)
     with pytest.raises(ValueError, match="num_student_samples == num_teacher_samples"):
@@ -511,3 +513,70 @@ print(heavy)
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_a_perturbed_cache_labels_each_sample_at_its_own_perturbed_observation(teacher_dir, tmp_path):
+    """Offline observation noise: each cached chunk is the teacher's map at its own offset copy of its frame, and
+    the student regresses on exactly that observation and latent, with the teacher never called."""
+    teacher = FlowstepTeacherPolicy.from_pretrained(teacher_dir)
+    batch = _batch()
+    keys = ["observation.environment_state", "observation.state"]
+    draws = sample_teacher(teacher, [batch], 3, 2, "euler", seed=5, observation_noise_std=0.3)
+    assert sorted(draws.offsets) == keys and draws.samples.shape == (5, 3, 8, 2)
+    for key in keys:
+        assert draws.offsets[key].shape == (5, 3, batch[key].shape[-1])
+        assert 0.1 < draws.offsets[key].std().item() < 0.6
+    # Independent reference: each (frame, copy) as a one-row batch offset at every history step by hand.
+    for i in range(5):
+        for j in range(3):
+            row = {key: batch[key][i : i + 1] for key in keys}
+            row = {key: row[key] + draws.offsets[key][i, j] for key in keys}
+            chunk = teacher.generate(teacher.encode(row), draws.latents[i, j][None], num_steps=2, solver="euler")
+            assert torch.allclose(chunk[0], draws.samples[i, j], atol=1e-5)
+
+    paired = {"paired_weight": 1.0, "coverage_weight": 0.0, "fidelity_weight": 0.0, "include_dataset_action": False}
+    plain = sample_teacher(teacher, [batch], 3, 1, "euler", seed=1)
+    # Frame 99 (a copy of frame 0) only in this cache: the perturbed cache is the one that lacks it below.
+    plain_path = write_teacher_cache(
+        torch.cat([plain.samples, plain.samples[:1]]), torch.cat([plain.index, torch.tensor([99])]),
+        tmp_path / "plain.safetensors", {}, torch.cat([plain.latents, plain.latents[:1]]),
+    )  # fmt: skip
+
+    def offline_student(num_steps: int, std: float = 0.3, cache_std: float = 0.3):
+        drawn = sample_teacher(teacher, [batch], 3, num_steps, "euler", seed=7, observation_noise_std=cache_std)
+        path = write_teacher_cache(
+            drawn.samples, drawn.index, tmp_path / f"perturbed{num_steps}_{cache_std}.safetensors",
+            {"observation_noise_std": str(cache_std)}, drawn.latents, drawn.offsets,
+        )  # fmt: skip
+        student = _student(
+            teacher_dir, teacher_cache_path=str(plain_path), perturbed_cache_path=str(path), num_student_samples=3,
+            observation_noise_std=std, num_perturbed_samples=2, **paired,
+        ).train()  # fmt: skip
+        student.initialize_from_teacher()
+        student._teacher_copy_checked = True
+        student._teacher_holder[:] = [None]  # any online teacher call now fails loudly
+        return student
+
+    # At initialization the student is the teacher's one-step Euler map at any observation: against one-step
+    # Euler draws both paired terms vanish, but only if it sees each draw's own perturbed observation and latent.
+    loss, info = offline_student(1).forward(batch)
+    assert loss.item() < 1e-10 and info["perturbed_paired_loss"] < 1e-10
+    student = offline_student(4)
+    loss, info = student.forward(batch)
+    assert info["perturbed_paired_loss"] > 1e-4
+    assert loss.item() == pytest.approx(info["paired_loss"] + info["perturbed_paired_loss"], rel=1e-5)
+    loss.backward()
+    assert student.generator.inp.weight.grad.abs().sum() > 0
+    with pytest.raises(KeyError, match=r"Frames \[99\] are not in the teacher cache .*perturbed4"):
+        student.forward({**batch, "index": torch.tensor([0, 1, 2, 3, 99])})
+
+    # A cache of another noise, a cache without offsets, and a perturbed cache without noise are refused by name.
+    with pytest.raises(ValueError, match=r"drawn with observation_noise_std=0.2, the student is configured with 0.3"):
+        offline_student(1, std=0.3, cache_std=0.2).forward(batch)
+    with pytest.raises(ValueError, match="holds no observation offsets"):
+        _student(
+            teacher_dir, perturbed_cache_path=str(plain_path), observation_noise_std=0.3, num_student_samples=3,
+            **paired,
+        ).train().forward(batch)  # fmt: skip
+    with pytest.raises(ValueError, match="set --policy.observation_noise_std to the noise the cache was drawn with"):
+        _student(teacher_dir, perturbed_cache_path=str(plain_path), num_student_samples=3, **paired)

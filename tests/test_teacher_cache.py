@@ -143,9 +143,9 @@ def test_one_shard_draws_what_the_unsharded_writer_drew(teacher, datasets, cache
     meta = LeRobotDatasetMetadata(REPO_ID, root=datasets["a"])
     samples = load_samples(REPO_ID, datasets["a"], policy.config, meta)
     frames = memory_frames(policy, str(teacher), samples, SETTINGS["batch_size"])
-    drawn, _, index = sample_teacher(policy, frames(range(len(samples["index"]))), 2, 2, "euler", SETTINGS["seed"])
+    drawn = sample_teacher(policy, frames(range(len(samples["index"]))), 2, 2, "euler", SETTINGS["seed"])
     cache = TeacherCache(cache_a)  # drawn with the default shard size, which covers this small dataset
-    assert torch.equal(index, torch.arange(len(index))) and torch.equal(cache.samples, drawn)
+    assert torch.equal(drawn.index, torch.arange(len(drawn.index))) and torch.equal(cache.samples, drawn.samples)
 
 
 WORKER = textwrap.dedent(
@@ -212,3 +212,43 @@ def test_a_killed_cache_job_resumes_on_two_processes_to_the_uninterrupted_result
     assert torch.equal(resumed.lookup_pairs(torch.arange(10))[1], expected.lookup_pairs(torch.arange(10))[1])
     assert read_cache_metadata(output) == read_cache_metadata(reference)
     assert not job.exists()
+
+
+def test_an_interrupted_perturbed_cache_job_resumes_to_the_uninterrupted_result(teacher, datasets, tmp_path):
+    """A perturbed cache is drawn by shards like any other: interrupted after its first shard and resumed, it
+    holds what one uninterrupted job draws, offsets included, and records its noise."""
+    import lerobot_flowstep.tools.cache_teacher as cache_teacher
+
+    settings = SETTINGS | {"shard_size": 16, "observation_noise_std": 0.2}
+    args = (str(teacher), REPO_ID, datasets["a"])
+    reference = TeacherCache(build_teacher_cache(*args, tmp_path / "reference.safetensors", **settings))
+    keys = ["observation.environment_state", "observation.state"]
+    assert sorted(reference.offsets) == keys and reference.observation_noise_std == 0.2
+    assert all(offset.shape[:2] == reference.samples.shape[:2] for offset in reference.offsets.values())
+    assert read_cache_metadata(reference.path)["observation_noise_std"] == "0.2"
+
+    output = tmp_path / "resumed.safetensors"
+    original, calls = cache_teacher.sample_teacher, []
+
+    def dies_after_one_shard(*a, **kw):
+        if calls:
+            raise KeyboardInterrupt  # the job is killed while it draws its second shard
+        calls.append(1)
+        return original(*a, **kw)
+
+    cache_teacher.sample_teacher = dies_after_one_shard
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            build_teacher_cache(*args, output, **settings)
+    finally:
+        cache_teacher.sample_teacher = original
+    assert [p.name for p in shard_dir(output).glob("shard-*.safetensors")] == ["shard-00000.safetensors"]
+    with pytest.raises(FileExistsError, match="--resume"):
+        build_teacher_cache(*args, output, **settings)
+    # Resuming with another noise would mix two jobs' shards: refused, naming the setting.
+    with pytest.raises(ValueError, match="observation_noise_std: '0.2' there, '0.3' now"):
+        build_teacher_cache(*args, output, **settings | {"observation_noise_std": 0.3, "resume": True})
+    resumed = TeacherCache(build_teacher_cache(*args, output, **settings, resume=True))
+    assert torch.equal(resumed.samples, reference.samples)
+    assert all(torch.equal(resumed.offsets[key], reference.offsets[key]) for key in keys)
+    assert torch.equal(resumed.lookup_pairs(torch.arange(10))[1], reference.lookup_pairs(torch.arange(10))[1])

@@ -219,6 +219,7 @@ def sanitized_policy_config(
     if teacher is not None:
         change(["teacher_path"], teacher.repo_id)
     change(["teacher_cache_path"], None)
+    change(["perturbed_cache_path"], None)
     change(["encoder", "pretrained_backbone_path"], None)
     return out, changes
 

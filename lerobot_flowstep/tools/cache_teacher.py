@@ -19,6 +19,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,6 +30,7 @@ from tqdm import tqdm
 
 from lerobot_flowstep.datasets.video import video_backend
 from lerobot_flowstep.policies.flowstep_teacher.modeling_flowstep_teacher import FlowstepTeacherPolicy
+from lerobot_flowstep.policies.imle_student.modeling_imle_student import observation_offsets, offset_observations
 from lerobot_flowstep.policies.imle_student.teacher_cache import (
     assemble_shards,
     cache_metadata,
@@ -52,6 +54,29 @@ except ImportError:  # Windows: no advisory locks; a job is then drawn by one pr
 FrameSource = Callable[[range], Iterable[dict[str, Tensor]]]
 
 
+@dataclass
+class TeacherDraws:
+    """What `sample_teacher` drew: chunks (F, M, horizon, action_dim), the latent each chunk's ODE started from
+    (same shape), the frames' dataset `index` (F,), and for a perturbed draw each chunk's observation offsets
+    ({key: (F, M, dim)}; empty otherwise)."""
+
+    samples: Tensor
+    latents: Tensor
+    index: Tensor
+    offsets: dict[str, Tensor] = field(default_factory=dict)
+
+
+def perturbed_keys(teacher: FlowstepTeacherPolicy) -> list[str]:
+    """The observations a perturbed cache offsets: the teacher's state-like inputs."""
+    keys = teacher.encoder.vector_keys
+    if not keys:
+        raise ValueError(
+            f"observation_noise_std perturbs state-like observations (observation.state, "
+            f"observation.environment_state); the teacher's inputs {teacher.encoder.input_keys} have none."
+        )
+    return keys
+
+
 @torch.no_grad()
 def sample_teacher(
     teacher: FlowstepTeacherPolicy,
@@ -61,27 +86,54 @@ def sample_teacher(
     solver: str,
     seed: int = 0,
     on_batch: Callable[[int], None] | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Teacher chunks for preprocessed batches that carry the dataset's `index`: (samples, latents, index),
-    the latents being the noise each chunk's ODE started from, shaped like the samples. `on_batch(frames)`
+    observation_noise_std: float = 0.0,
+) -> TeacherDraws:
+    """Teacher chunks for preprocessed batches that carry the dataset's `index`. With `observation_noise_std`,
+    each of a frame's `num_samples` chunks is drawn at its own perturbed copy of the frame's observation
+    (`observation_offsets`; the offsets come from the same seeded generator as the latents). `on_batch(frames)`
     runs after each batch (progress)."""
+    if observation_noise_std < 0:
+        raise ValueError(f"observation_noise_std must be >= 0, got {observation_noise_std}.")
     generator = torch.Generator(device=next(teacher.parameters()).device).manual_seed(seed)
-    samples, latents, indices = [], [], []
+    keys = perturbed_keys(teacher) if observation_noise_std > 0 else []
+    samples, latents, indices, offsets = [], [], [], {key: [] for key in keys}
     for batch in batches:
         indices.append(batch["index"].long().cpu())
-        chunk, noise = teacher.sample_pairs(batch, num_samples, generator, num_steps=num_steps, solver=solver)
+        sampling = {"num_steps": num_steps, "solver": solver}
+        if keys:
+            drawn = observation_offsets(batch, keys, observation_noise_std, num_samples, generator)
+            chunk, noise = teacher.sample_pairs(offset_observations(batch, drawn), 1, generator, **sampling)
+            shape = (len(indices[-1]), num_samples, *chunk.shape[2:])  # frame-major, as offset_observations
+            chunk, noise = chunk.reshape(shape), noise.reshape(shape)
+            for key, offset in drawn.items():
+                offsets[key].append(offset.cpu())
+        else:
+            chunk, noise = teacher.sample_pairs(batch, num_samples, generator, **sampling)
         samples.append(chunk.cpu())
         latents.append(noise.cpu())
         if on_batch is not None:
             on_batch(len(indices[-1]))
-    return torch.cat(samples).contiguous(), torch.cat(latents).contiguous(), torch.cat(indices)
+    return TeacherDraws(
+        torch.cat(samples).contiguous(),
+        torch.cat(latents).contiguous(),
+        torch.cat(indices),
+        {key: torch.cat(parts).contiguous() for key, parts in offsets.items()},
+    )
 
 
 def _metadata(
-    teacher: FlowstepTeacherPolicy, teacher_path: str, num_samples: int, num_steps: int, solver: str, seed: int
+    teacher: FlowstepTeacherPolicy,
+    teacher_path: str,
+    num_samples: int,
+    num_steps: int,
+    solver: str,
+    seed: int,
+    observation_noise_std: float = 0.0,
 ) -> dict[str, str]:
     config = teacher.config
-    return cache_metadata(config.horizon, config.action_dim, teacher_path, num_samples, num_steps, solver, seed)
+    return cache_metadata(
+        config.horizon, config.action_dim, teacher_path, num_samples, num_steps, solver, seed, observation_noise_std
+    )
 
 
 @contextlib.contextmanager
@@ -115,6 +167,7 @@ def draw_cache(
     batch_size: int = 256,
     resume: bool = False,
     overwrite: bool = False,
+    observation_noise_std: float = 0.0,
 ) -> Path:
     """Draw the cache of `num_frames` frames into `output` by shards of `shard_size` frames (None: one shard),
     in `output`'s shard folder (`shard_dir`), and join them when all are done.
@@ -122,7 +175,7 @@ def draw_cache(
     `resume`: continue an interrupted job with the same settings, or join one another process is drawing; a
     finished cache with the same settings is returned as it is. `overwrite`: replace a cache with other settings
     when the new one is complete, and start an interrupted job again (without `resume`). With neither, an
-    existing cache or job is refused.
+    existing cache or job is refused. `observation_noise_std`: a perturbed cache (`sample_teacher`).
     """
     output = Path(output)
     shard_size = shard_size or num_frames
@@ -159,10 +212,11 @@ def draw_cache(
                     if not claimed or done(shard):
                         continue
                     positions = shard_range(shard, shard_size, num_frames)
-                    samples, latents, index = sample_teacher(
-                        teacher, frames(positions), num_samples, num_steps, solver, shard_seed(seed, shard), bar.update
-                    )
-                    write_shard(directory, shard, samples, latents, index)
+                    draws = sample_teacher(
+                        teacher, frames(positions), num_samples, num_steps, solver, shard_seed(seed, shard),
+                        bar.update, observation_noise_std,
+                    )  # fmt: skip
+                    write_shard(directory, shard, draws.samples, draws.latents, draws.index, draws.offsets)
                     drawn += len(positions)
                 # Frames other processes finished meanwhile count towards the job's progress and ETA.
                 bar.update(max(0, frames_done() - bar.n))
@@ -190,15 +244,17 @@ def plan_cache(
     batch_size: int,
     plan_batches: int = 2,
     seed: int = 0,
+    observation_noise_std: float = 0.0,
 ) -> dict[str, float]:
     """Time `plan_batches` batches of the job (after a warm-up batch), write nothing, and print the cost per
     frame and the ETA of the whole job on one and on two processes. Returns those numbers."""
     if num_frames < batch_size * (plan_batches + 1):
         raise ValueError(f"--plan needs {batch_size * (plan_batches + 1)} frames ({plan_batches} + 1 batches).")
-    sample_teacher(teacher, frames(range(batch_size)), num_samples, num_steps, solver, seed)
+    noise = {"observation_noise_std": observation_noise_std}
+    sample_teacher(teacher, frames(range(batch_size)), num_samples, num_steps, solver, seed, **noise)
     timed = range(batch_size, batch_size * (plan_batches + 1))
     start = time.perf_counter()
-    sample_teacher(teacher, frames(timed), num_samples, num_steps, solver, seed)
+    sample_teacher(teacher, frames(timed), num_samples, num_steps, solver, seed, **noise)
     per_frame = (time.perf_counter() - start) / len(timed)
     plan = {
         "s_per_frame": per_frame,
@@ -243,17 +299,18 @@ def cache_from_samples(
     dataset_meta: LeRobotDatasetMetadata | None = None,
     shard_size: int | None = None,
     resume: bool = False,
+    observation_noise_std: float = 0.0,
 ) -> Path:
     """The cache for dataset samples already in memory (`training.load_samples`), e.g. in the demo, bound to
     the dataset of `dataset_meta` (the one the samples were read from). It replaces a cache at `output` made
     with other settings; `resume` continues an interrupted job by its shards (`draw_cache`)."""
     frames = memory_frames(teacher, teacher_path, samples, batch_size)
-    metadata = _metadata(teacher, teacher_path, num_samples, num_steps, solver, seed)
+    metadata = _metadata(teacher, teacher_path, num_samples, num_steps, solver, seed, observation_noise_std)
     metadata |= identity_metadata(dataset_meta) if dataset_meta is not None else {}
     num_frames = len(samples["index"])
     return draw_cache(
         teacher, frames, num_frames, output, metadata, num_samples, num_steps, solver, seed, shard_size, batch_size,
-        resume, overwrite=True,
+        resume, overwrite=True, observation_noise_std=observation_noise_std,
     )  # fmt: skip
 
 
@@ -271,6 +328,7 @@ def build_teacher_cache(
     shard_size: int | None = None,
     resume: bool = False,
     plan_batches: int = 0,
+    observation_noise_std: float = 0.0,
 ) -> Path | dict[str, float]:
     """Draw `num_samples` teacher chunks for every frame of the dataset at `root` and write them to `output`
     (by shards of `shard_size` frames; `resume` continues or joins a job). With `plan_batches`, only time that
@@ -288,9 +346,13 @@ def build_teacher_cache(
         return (preprocessor(batch) for batch in loader)
 
     if plan_batches:
-        return plan_cache(teacher, frames, len(dataset), num_samples, num_steps, solver, batch_size, plan_batches, seed)
-    metadata = _metadata(teacher, teacher_path, num_samples, num_steps, solver, seed) | identity_metadata(meta)
+        return plan_cache(
+            teacher, frames, len(dataset), num_samples, num_steps, solver, batch_size, plan_batches, seed,
+            observation_noise_std,
+        )  # fmt: skip
+    metadata = _metadata(teacher, teacher_path, num_samples, num_steps, solver, seed, observation_noise_std)
+    metadata |= identity_metadata(meta)
     return draw_cache(
         teacher, frames, len(dataset), output, metadata, num_samples, num_steps, solver, seed, shard_size, batch_size,
-        resume,
+        resume, observation_noise_std=observation_noise_std,
     )  # fmt: skip

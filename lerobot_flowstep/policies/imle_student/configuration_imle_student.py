@@ -95,13 +95,18 @@ class ImleStudentConfig(FlowstepBaseConfig):
         the teacher draw num_perturbed_samples chunks for each perturbed observation online, and regresses the
         student's chunks from the same latents onto them (weighted like paired_weight). The student then learns
         the teacher's map around the dataset's observations, not only at them: that is where a closed-loop
-        rollout goes. Needs paired_weight > 0; costs num_perturbed_samples teacher samples per frame per step.
+        rollout goes. Needs paired_weight > 0; costs num_perturbed_samples teacher samples per frame per step,
+        unless perturbed_cache_path gives them.
     include_dataset_action: add the dataset's own chunk to the teacher samples as one more target.
     teacher_num_inference_steps, teacher_ode_solver: how teacher samples are drawn for distillation; the
         student inherits the error of these samples, so they are drawn more accurately than at deployment.
     teacher_cache_path: samples precomputed by `lerobot-flowstep cache-teacher`, keyed by dataset frame index.
         A cache holding more samples per frame than num_teacher_samples gives every step a fresh random subset
         of them (with their latents), so a larger cache is more targets, not a longer file.
+    perturbed_cache_path: the teacher's chunks at perturbed observations, drawn once by `lerobot-flowstep
+        cache-teacher --observation-noise-std` (each cached sample at its own perturbed copy of its frame), which
+        replace the online teacher of observation_noise_std's term: each step regresses the student on
+        num_perturbed_samples of each frame's copies. The cache's noise must equal observation_noise_std.
     init_from_teacher: start the encoder and generator from the teacher's encoder and velocity network
         (the generator is z + f(z, t=0 | obs), which is exactly the teacher's one-step Euler sampler at
         initialization).
@@ -138,6 +143,7 @@ class ImleStudentConfig(FlowstepBaseConfig):
     teacher_num_inference_steps: int = 10
     teacher_ode_solver: str = "heun"
     teacher_cache_path: str | None = None
+    perturbed_cache_path: str | None = None
     init_from_teacher: bool = True
     extra_generator_blocks: int = 0
     num_inference_candidates: int = 16
@@ -190,6 +196,12 @@ class ImleStudentConfig(FlowstepBaseConfig):
             raise ValueError(
                 f"observation_noise_std={self.observation_noise_std} regresses the student onto teacher chunks drawn "
                 "from the same latents at perturbed observations, a paired term: set paired_weight > 0."
+            )
+        if self.perturbed_cache_path and self.observation_noise_std == 0:
+            raise ValueError(
+                f"perturbed_cache_path={self.perturbed_cache_path} holds the teacher's chunks at perturbed "
+                "observations for observation_noise_std's term: set --policy.observation_noise_std to the noise the "
+                "cache was drawn with (and paired_weight > 0)."
             )
         # Here, not when the policy is built: lerobot-train resolves the dataset's delta_timestamps from
         # horizon and n_obs_steps before any policy exists, so they must be the teacher's by then.

@@ -16,7 +16,11 @@ from lerobot_flowstep.policies.imle_student.configuration_imle_student import (
     check_teacher_compatibility,
     load_teacher_config,
 )
-from lerobot_flowstep.policies.imle_student.teacher_cache import TeacherCache, check_cache_matches_dataset
+from lerobot_flowstep.policies.imle_student.teacher_cache import (
+    TeacherCache,
+    check_cache_matches_dataset,
+    check_perturbed_cache,
+)
 
 
 def sparsity(samples: Tensor) -> Tensor:
@@ -67,6 +71,36 @@ def perturb_observations(batch: dict[str, Tensor], keys: list[str], std: float) 
     return perturbed
 
 
+def observation_offsets(
+    batch: dict[str, Tensor], keys: list[str], std: float, num: int, generator: torch.Generator | None = None
+) -> dict[str, Tensor]:
+    """`num` Gaussian offsets of `std` per observation for each of `keys`: {key: (B, num, D)}, one offset per
+    perturbed copy for its whole history (`offset_observations`)."""
+    offsets = {}
+    for key in keys:
+        x = batch[key]
+        shape = (x.shape[0], num, x.shape[-1])
+        offsets[key] = std * torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
+    return offsets
+
+
+def offset_observations(batch: dict[str, Tensor], offsets: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The batch of B observations as B x M perturbed copies, observation-major (copy j of observation i is row
+    i * M + j): every per-observation tensor repeated M times, and each key of `offsets` ({key: (B, M, D)}) offset
+    by its copy's offset at every step of its history (B, n_obs_steps, D)."""
+    b, m = next(iter(offsets.values())).shape[:2]
+    copies = {
+        key: value.repeat_interleave(m, dim=0)
+        if isinstance(value, Tensor) and value.ndim and len(value) == b
+        else value
+        for key, value in batch.items()
+    }
+    for key, offset in offsets.items():
+        x = copies[key]
+        copies[key] = x + offset.reshape(b * m, *([1] * (x.ndim - 2)), x.shape[-1]).to(x.dtype)
+    return copies
+
+
 class ImleStudentPolicy(FlowstepBasePolicy):
     """Action chunks in one forward pass: a = z + f(z, t=0 | obs), z ~ N(0, I).
 
@@ -89,7 +123,7 @@ class ImleStudentPolicy(FlowstepBasePolicy):
         self.register_buffer("initialized_from_teacher", torch.tensor(False))
         self._teacher_holder: list[FlowstepTeacherPolicy] = []
         self._teacher_copy_checked = False
-        self._cache_holder: list[TeacherCache] = []
+        self._caches: dict[str, TeacherCache] = {}
         if config.teacher_path:
             try:
                 teacher_config = load_teacher_config(config.teacher_path)
@@ -101,8 +135,10 @@ class ImleStudentPolicy(FlowstepBasePolicy):
         # `make_policy` passes the dataset it trains on (lerobot-train, resumed runs included): a cache drawn on
         # another dataset would give every frame another frame's samples, so it is refused before training.
         dataset_meta = kwargs.get("dataset_meta")
-        if config.teacher_cache_path and dataset_meta is not None:
-            check_cache_matches_dataset(config.teacher_cache_path, dataset_meta)
+        if dataset_meta is not None:
+            for path in (config.teacher_cache_path, config.perturbed_cache_path):
+                if path:
+                    check_cache_matches_dataset(path, dataset_meta)
 
     # --- the teacher, loaded on first use -------------------------------------------------------
 
@@ -130,12 +166,26 @@ class ImleStudentPolicy(FlowstepBasePolicy):
     @property
     def teacher_cache(self) -> TeacherCache | None:
         """The cache, on the student's device: looked up there, so a training step copies nothing to the host."""
-        if not self.config.teacher_cache_path:
+        return self._cache(self.config.teacher_cache_path)
+
+    @property
+    def perturbed_cache(self) -> TeacherCache | None:
+        """The perturbed cache (`perturbed_cache_path`), on the student's device, checked once against the
+        observation noise and inputs the student is configured with."""
+        path = self.config.perturbed_cache_path
+        first = path and path not in self._caches
+        cache = self._cache(path)
+        if first:
+            check_perturbed_cache(cache, self.config.observation_noise_std, self.encoder.vector_keys)
+        return cache
+
+    def _cache(self, path: str | None) -> TeacherCache | None:
+        if not path:
             return None
+        if path not in self._caches:
+            self._caches[path] = TeacherCache(path)
+        cache = self._caches[path]
         device = self.initialized_from_teacher.device
-        if not self._cache_holder:
-            self._cache_holder.append(TeacherCache(self.config.teacher_cache_path))
-        cache = self._cache_holder[0]
         if cache.device != device:
             cache.to(device)
         return cache
@@ -245,20 +295,33 @@ class ImleStudentPolicy(FlowstepBasePolicy):
             loss = loss + self.config.paired_weight * paired_loss
             stats["paired_loss"] = paired_loss.detach()
         if self.config.observation_noise_std > 0:
-            perturbed_loss = self.perturbed_paired_loss(batch, mask)
+            perturbed_loss, perturbed_missing = self.perturbed_paired_loss(batch, mask)
             loss = loss + self.config.paired_weight * perturbed_loss
             stats["perturbed_paired_loss"] = perturbed_loss.detach()
+            if perturbed_missing is not None:
+                missing = perturbed_missing if missing is None else missing | perturbed_missing
         if missing is None:
             return loss, self.training_info(stats, batch)
-        # The cache's missing-frame count rides on the same host readback as the logged values.
+        # The caches' missing-frame count rides on the same host readback as the logged values.
         info = self.training_info({**stats, "uncached_frames": missing.sum()}, batch)
         if info.pop("uncached_frames"):
-            raise self.teacher_cache.missing_frames_error(batch["index"])
+            raise self.missing_frames_error(batch["index"])
         return loss, info
 
-    def perturbed_paired_loss(self, batch: dict[str, Tensor], mask: Tensor | None) -> Tensor:
+    def missing_frames_error(self, index: Tensor) -> KeyError:
+        """The error for a batch with frames a cache lacks, from the first cache that lacks one."""
+        for cache in (self.teacher_cache, self.perturbed_cache):
+            if cache is not None and bool(cache.lookup(index)[1].any()):
+                return cache.missing_frames_error(index)
+        raise AssertionError("missing_frames_error called for a batch every cache holds")
+
+    def perturbed_paired_loss(self, batch: dict[str, Tensor], mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """The paired error at observations the dataset lacks: the batch's state-like observations perturbed
-        (`perturb_observations`), labelled by the teacher online (no cache holds them), from fresh latents."""
+        (`perturb_observations`), labelled by the teacher online, from fresh latents; or, with a perturbed cache,
+        the cache's perturbed copies of the batch's frames, labelled when the cache was drawn. Also which frames
+        the perturbed cache lacks (B,), None online."""
+        if self.config.perturbed_cache_path:
+            return self.cached_perturbed_paired_loss(batch, mask)
         keys = self.encoder.vector_keys
         if not keys:
             raise ValueError(
@@ -271,7 +334,25 @@ class ImleStudentPolicy(FlowstepBasePolicy):
         targets, latents = self.teacher.sample_pairs(perturbed, self.config.num_perturbed_samples, **solver)
         cond = self.encode(perturbed).repeat_interleave(self.config.num_perturbed_samples, dim=0)
         chunks = self.generate(cond, latents.flatten(0, 1).to(cond.dtype)).reshape(targets.shape)
-        return paired_distances(targets, chunks, mask).mean()
+        return paired_distances(targets, chunks, mask).mean(), None
+
+    def cached_perturbed_paired_loss(self, batch: dict[str, Tensor], mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """`perturbed_paired_loss` from the perturbed cache: num_perturbed_samples of each frame's perturbed
+        copies, each its own observation (the frame's offset by the copy's offset) with the latent the teacher
+        started from; and which frames the cache lacks (their rows hold another frame's copies)."""
+        cache = self.perturbed_cache
+        if "index" not in batch:
+            raise KeyError("perturbed_cache_path is set but the batch has no 'index' (dataset frame index).")
+        num = self.config.num_perturbed_samples
+        if cache.num_samples < num:
+            raise ValueError(
+                f"The perturbed cache {cache.path} holds {cache.num_samples} perturbed samples per frame, fewer "
+                f"than num_perturbed_samples={num}."
+            )
+        targets, latents, offsets, missing = cache.lookup_perturbed(batch["index"], num)
+        cond = self.encode(offset_observations(batch, offsets))
+        chunks = self.generate(cond, latents.flatten(0, 1).to(cond.dtype)).reshape(targets.shape)
+        return paired_distances(targets, chunks, mask).mean(), missing
 
     @torch.no_grad()
     def teacher_targets(

@@ -10,6 +10,10 @@ from, which paired distillation regresses on; caches written before they were ke
 (num_frames,), with the settings that made it in the metadata (`cache_metadata`) and the identity of the
 dataset it was drawn on (`dataset_identity`), which the student checks against the dataset it trains on.
 
+A perturbed cache (drawn with an `observation_noise_std` > 0, which its metadata records) labels observations
+the dataset lacks: each sample was drawn at its frame's low-dimensional observations offset by Gaussian noise,
+and the offsets are kept as `offset.<observation key>` (num_frames, M, dim), in the teacher's normalized units.
+
 A long job is drawn in shards (`shard_dir`): each a cache file of its own for a range of frames, written
 atomically, so a killed job loses at most the shard in progress; `assemble_shards` joins them into the one
 file the student reads.
@@ -40,6 +44,7 @@ IDENTITY_KEY = "dataset_identity"
 # same dataset.
 IDENTITY_FIELDS = ("num_frames", "num_episodes", "episode_boundaries_sha256", "actions_sha256")
 REQUIRED_TENSORS = ("samples", "index")
+OFFSET_PREFIX = "offset."
 
 
 def _digest(array: np.ndarray) -> str:
@@ -131,6 +136,24 @@ def check_cache_matches_dataset(path: str | Path, meta) -> None:
         )
 
 
+def check_perturbed_cache(cache: TeacherCache, observation_noise_std: float, keys: list[str]) -> None:
+    """Refuse a perturbed cache that was drawn at another noise than the student is configured with, or that
+    offsets other observations than the student's state-like inputs `keys`."""
+    if not cache.offsets:
+        cache.lookup_perturbed(torch.zeros(1, dtype=torch.long))  # raises: not a perturbed cache
+    if cache.observation_noise_std != observation_noise_std:
+        raise ValueError(
+            f"The perturbed cache {cache.path} was drawn with observation_noise_std={cache.observation_noise_std}, "
+            f"the student is configured with {observation_noise_std}: set --policy.observation_noise_std="
+            f"{cache.observation_noise_std}, or draw the cache again at {observation_noise_std}."
+        )
+    if sorted(cache.offsets) != sorted(keys):
+        raise ValueError(
+            f"The perturbed cache {cache.path} offsets {sorted(cache.offsets)}, but the student's state-like "
+            f"inputs are {sorted(keys)}: it was drawn for another policy's inputs."
+        )
+
+
 def _not_a_cache(path: Path, reason: str) -> ValueError:
     return ValueError(
         f"{path} is not a readable teacher cache: {reason}. Give --policy.teacher_cache_path the .safetensors file "
@@ -199,10 +222,18 @@ def cache_has_latents(path: str | Path) -> bool:
 
 
 def cache_metadata(
-    horizon: int, action_dim: int, teacher_path: str, num_samples: int, num_steps: int, solver: str, seed: int
+    horizon: int,
+    action_dim: int,
+    teacher_path: str,
+    num_samples: int,
+    num_steps: int,
+    solver: str,
+    seed: int,
+    observation_noise_std: float = 0.0,
 ) -> dict[str, str]:
-    """The metadata `read_cache_metadata` returns, for a cache about to be written."""
-    return {
+    """The metadata `read_cache_metadata` returns, for a cache about to be written. A cache at the stored
+    observations records no noise, so its metadata (and an interrupted job of it) reads as before noise existed."""
+    metadata = {
         "teacher_path": str(teacher_path),
         "num_samples": str(num_samples),
         "num_steps": str(num_steps),
@@ -210,16 +241,35 @@ def cache_metadata(
         "seed": str(seed),
         "config": json.dumps({"horizon": horizon, "action_dim": action_dim}),
     }
+    return metadata | ({"observation_noise_std": str(observation_noise_std)} if observation_noise_std > 0 else {})
+
+
+def _check_offsets(samples: Tensor, offsets: dict[str, Tensor]) -> None:
+    for key, offset in offsets.items():
+        if offset.ndim != 3 or offset.shape[:2] != samples.shape[:2]:
+            raise ValueError(
+                f"offsets of '{key}' {tuple(offset.shape)} must be (frames, samples, dim) with the samples' "
+                f"{tuple(samples.shape[:2])}."
+            )
 
 
 def write_teacher_cache(
-    samples: Tensor, index: Tensor, output: Path, metadata: dict[str, str], latents: Tensor | None = None
+    samples: Tensor,
+    index: Tensor,
+    output: Path,
+    metadata: dict[str, str],
+    latents: Tensor | None = None,
+    offsets: dict[str, Tensor] | None = None,
 ) -> Path:
-    """Atomic write: an interrupted run leaves no cache file behind."""
+    """Atomic write: an interrupted run leaves no cache file behind. `offsets`: a perturbed cache's observation
+    offsets by observation key (see the module docstring)."""
     output = Path(output)
     if latents is not None and latents.shape != samples.shape:
         raise ValueError(f"latents {tuple(latents.shape)} must match samples {tuple(samples.shape)}.")
+    offsets = offsets or {}
+    _check_offsets(samples, offsets)
     tensors = {"samples": samples, "index": index} | ({} if latents is None else {"latents": latents})
+    tensors |= {OFFSET_PREFIX + key: offset.contiguous() for key, offset in offsets.items()}
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f"{output.name}.{os.getpid()}.partial")
     try:
@@ -285,12 +335,23 @@ def start_job(directory: Path, job: dict[str, str], resume: bool) -> None:
         )
 
 
-def write_shard(directory: Path, shard: int, samples: Tensor, latents: Tensor, index: Tensor) -> Path:
+def write_shard(
+    directory: Path,
+    shard: int,
+    samples: Tensor,
+    latents: Tensor,
+    index: Tensor,
+    offsets: dict[str, Tensor] | None = None,
+) -> Path:
     """One shard, atomically (a temporary file renamed into place): a shard file that exists is complete."""
     path = shard_path(directory, shard)
     tmp = directory / f".{path.name}.{os.getpid()}.partial"
+    offsets = offsets or {}
+    _check_offsets(samples, offsets)
+    tensors = {"samples": samples.contiguous(), "latents": latents.contiguous(), "index": index}
+    tensors |= {OFFSET_PREFIX + key: offset.contiguous() for key, offset in offsets.items()}
     try:
-        save_file({"samples": samples.contiguous(), "latents": latents.contiguous(), "index": index}, str(tmp))
+        save_file(tensors, str(tmp))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -299,13 +360,14 @@ def write_shard(directory: Path, shard: int, samples: Tensor, latents: Tensor, i
 
 def assemble_shards(directory: Path, num_shards: int, output: Path, metadata: dict[str, str]) -> Path:
     """Join the shards, in order, into the one cache file at `output` (atomically), then remove them."""
-    parts: dict[str, list[Tensor]] = {"samples": [], "latents": [], "index": []}
+    parts: dict[str, list[Tensor]] = {}
     for shard in range(num_shards):
         with open_cache(shard_path(directory, shard)) as f:
-            for name, tensors in parts.items():
-                tensors.append(f.get_tensor(name))
+            for name in f.keys():
+                parts.setdefault(name, []).append(f.get_tensor(name))
     joined = {name: torch.cat(tensors) for name, tensors in parts.items()}
-    write_teacher_cache(joined["samples"], joined["index"], output, metadata, joined["latents"])
+    offsets = {name.removeprefix(OFFSET_PREFIX): t for name, t in joined.items() if name.startswith(OFFSET_PREFIX)}
+    write_teacher_cache(joined["samples"], joined["index"], output, metadata, joined["latents"], offsets)
     shutil.rmtree(directory, ignore_errors=True)
     return output
 
@@ -322,6 +384,12 @@ class TeacherCache:
                 index = f.get_tensor("index")
             except Exception as error:  # a header that reads but tensors that do not (a corrupted file)
                 raise _not_a_cache(self.path, f"its tensors do not read ({type(error).__name__}: {error})") from error
+            # Small (frames x samples x a state's dim): read with the samples.
+            self.offsets = {
+                name.removeprefix(OFFSET_PREFIX): f.get_tensor(name)
+                for name in f.keys()
+                if name.startswith(OFFSET_PREFIX)
+            }
         self.has_latents = cache_has_latents(self.path)
         # Read on first use: only paired distillation needs them, and they are as large as the samples.
         self.latents: Tensor | None = None
@@ -337,8 +405,14 @@ class TeacherCache:
     def device(self) -> torch.device:
         return self.samples.device
 
+    @property
+    def observation_noise_std(self) -> float:
+        """The noise the samples' observations were perturbed by (0: drawn at the stored observations)."""
+        return float(self.metadata.get("observation_noise_std", 0.0))
+
     def to(self, device: torch.device | str) -> TeacherCache:
         self.samples = self.samples.to(device)
+        self.offsets = {key: offset.to(device) for key, offset in self.offsets.items()}
         self._row = self._row.to(device)
         if self.latents is not None:
             self.latents = self.latents.to(device)
@@ -374,6 +448,23 @@ class TeacherCache:
 
     def lookup_pairs(self, index: Tensor, num: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Like `lookup`, with the latent each sample was drawn from: (samples, latents, missing)."""
+        samples, latents, _, missing = self._lookup_with_latents(index, num)
+        return samples, latents, missing
+
+    def lookup_perturbed(
+        self, index: Tensor, num: int | None = None
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor], Tensor]:
+        """A perturbed cache's samples with their latents and the observation offsets each was drawn at
+        ({key: (B, M, dim)}): (samples, latents, offsets, missing)."""
+        if not self.offsets:
+            raise ValueError(
+                f"The teacher cache {self.path} was drawn at the dataset's own observations (it holds no "
+                "observation offsets): draw a perturbed one with `lerobot-flowstep cache-teacher "
+                "--observation-noise-std <std>`."
+            )
+        return self._lookup_with_latents(index, num)
+
+    def _lookup_with_latents(self, index: Tensor, num: int | None) -> tuple[Tensor, Tensor, dict[str, Tensor], Tensor]:
         if not self.has_latents:
             raise ValueError(
                 f"The teacher cache {self.path} holds no latents (it was written before they were kept), and "
@@ -384,7 +475,8 @@ class TeacherCache:
                 self.latents = f.get_tensor("latents").to(self.device)
         rows, missing = self._rows(index)
         columns = self._columns(rows, num)
-        return self._take(self.samples, rows, columns), self._take(self.latents, rows, columns), missing
+        offsets = {key: self._take(offset, rows, columns) for key, offset in self.offsets.items()}
+        return self._take(self.samples, rows, columns), self._take(self.latents, rows, columns), offsets, missing
 
     def missing_frames_error(self, index: Tensor) -> KeyError:
         """The error for a batch with frames the cache lacks, naming up to five of them and the dataset the
