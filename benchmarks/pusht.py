@@ -67,6 +67,7 @@ from lerobot_flowstep.policies.imle_student.teacher_cache import cache_has_laten
 from lerobot_flowstep.tools.cache_teacher import cache_from_samples, memory_frames, plan_cache
 from lerobot_flowstep.tools.checkpoints import load_checkpoint
 from lerobot_flowstep.tools.diagnostics import (
+    MemoizedTeacher,
     held_out_batch,
     nearest_distances,
     paired_error_by_distance,
@@ -293,6 +294,8 @@ def diagnose_distillation(
     if report.get("settings") != settings:
         report = {"settings": settings, "references": {}}
     teacher, preprocessor, _ = load_checkpoint(checkpoints["teacher"], args.device)
+    # Every policy is measured against the same teacher samples (same frames, latents and seeds): drawn once.
+    teacher = MemoizedTeacher(teacher)
     batch = held_out_batch(
         teacher.config, preprocessor, cfg.dataset.repo_id, cfg.dataset.root, held_out, args.diagnosis_frames
     )

@@ -352,6 +352,40 @@ def test_the_executed_paired_error_sees_only_the_actions_a_rollout_executes(teac
             assert executed.max() < 1e-10
 
 
+def test_a_memoized_teacher_draws_each_reference_once_with_unchanged_measurements(teacher_dir):
+    """A diagnosis of many checkpoints measures each against the same teacher samples: drawn once, with the same
+    numbers as drawn each time (the generator ends where it would have, so the policy's own draws are unchanged)."""
+    from lerobot_flowstep.tools.diagnostics import MemoizedTeacher, paired_errors, sample_chamfer
+
+    teacher = FlowstepTeacherPolicy.from_pretrained(teacher_dir)
+    batch = _batch()
+    students = []
+    for scale in (0.0, 0.3):
+        student = _student(teacher_dir).eval()
+        student.initialize_from_teacher()
+        student.generate = lambda cond, noise, s=student.generate, scale=scale: s(cond, noise) + scale
+        students.append(student)
+    heun = {"num_steps": 4, "solver": "heun"}
+    plain = [
+        (sample_chamfer(s, teacher, batch, 6, seed=0, **heun), paired_errors(s, teacher, batch, 6, seed=0))
+        for s in students
+    ]
+    memo, calls = MemoizedTeacher(teacher), []
+    sample = teacher.sample
+    teacher.sample = lambda *a, **kw: calls.append(1) or sample(*a, **kw)
+    memoized = [
+        (sample_chamfer(s, memo, batch, 6, seed=0, **heun), paired_errors(s, memo, batch, 6, seed=0)) for s in students
+    ]
+    assert len(calls) == 2  # the Chamfer reference and the paired one, once each for both students
+    for (chamfer, errors), (chamfer_memo, errors_memo) in zip(plain, memoized, strict=True):
+        assert chamfer == chamfer_memo and torch.equal(errors, errors_memo)
+    assert plain[0][1].max() > 0 and plain[1][1].mean() > plain[0][1].mean()  # the two students do differ
+    # Another seed or other settings are another reference.
+    paired_errors(students[0], memo, batch, 6, seed=1)
+    sample_chamfer(students[0], memo, batch, 6, seed=0, num_steps=2, solver="euler")
+    assert len(calls) == 4
+
+
 def test_mismatched_teacher_fails_at_start_up_naming_both(teacher_dir):
     with pytest.raises(ValueError, match=r"action shape: teacher \(2,\) vs student/dataset \(3,\)"):
         ImleStudentPolicy(

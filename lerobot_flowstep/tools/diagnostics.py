@@ -6,6 +6,7 @@
 - `paired_errors`: the same observations and latents through a policy and its teacher, how far apart the
   chunks land (what paired distillation minimizes); `paired_error_by_distance` splits it by how far each
   observation lies from the frames the policy was trained on (`nearest_distances`);
+- `MemoizedTeacher`: a teacher that draws each of those references once for a diagnosis of many policies;
 - `rollout_mode_report`: closed-loop rollouts through LeRobot's own `eval_policy` on the `flowstep_obstacle`
   env: success rate, modes covered, normalized entropy of the mode histogram and the share of
   off-manifold (between-mode or colliding) trajectories.
@@ -57,6 +58,48 @@ def sample_chamfer(
         "energy_distance": energy.mean().item(),
         "spread_ratio": (policy_spread.mean() / teacher_spread.mean()).item(),
     }
+
+
+class MemoizedTeacher:
+    """A teacher whose `sample` answers a call it has answered before from memory: a diagnosis that measures many
+    policies (a student's checkpoints) against the same teacher samples draws them once. A call is the same when
+    its batch is the same object and its latents, or its generator's state, sample count and settings are equal;
+    on a repeat the generator is left in the state the first call left it in, so what the caller draws next is
+    what it would have drawn. Everything else is the teacher's."""
+
+    def __init__(self, teacher: FlowstepBasePolicy):
+        self.teacher = teacher
+        self._answers: dict[tuple, tuple[dict[str, Tensor], Tensor, Tensor | None]] = {}
+
+    def __getattr__(self, name: str):
+        return getattr(self.teacher, name)
+
+    def sample(
+        self,
+        batch: dict[str, Tensor],
+        num_samples: int = 1,
+        generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
+        **generate_kwargs,
+    ) -> Tensor:
+        if generator is None and noise is None:  # fresh randomness: nothing to repeat
+            return self.teacher.sample(batch, num_samples, **generate_kwargs)
+        state = generator.get_state() if generator is not None else None
+        key = (
+            id(batch),
+            num_samples,
+            None if state is None else state.numpy().tobytes(),
+            None if noise is None else noise.detach().cpu().numpy().tobytes(),
+            tuple(sorted(generate_kwargs.items())),
+        )
+        if key not in self._answers:
+            samples = self.teacher.sample(batch, num_samples, generator=generator, noise=noise, **generate_kwargs)
+            # The batch is kept with its answer, so that its id cannot be reused by another batch meanwhile.
+            self._answers[key] = (batch, samples, None if generator is None else generator.get_state())
+        _, samples, after = self._answers[key]
+        if generator is not None:
+            generator.set_state(after)
+        return samples
 
 
 @torch.no_grad()
