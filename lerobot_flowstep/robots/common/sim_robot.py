@@ -236,9 +236,14 @@ class SimRobot[Command](Robot):
             raise RuntimeError(f"{self} is already connected.")
         if (self.name, self.id) in _CONNECTED:
             raise RuntimeError(f"A {self.name} robot with id {self.id!r} is already connected in this process.")
-        if calibrate and not self.is_calibrated:
-            self.calibrate()
+        # The env first: a task's camera parameters may come from its env (MetaWorld's are read from MuJoCo).
         self._open_env()
+        try:
+            if calibrate and not self.is_calibrated:
+                self.calibrate()
+        except BaseException:
+            self._close_env()
+            raise
         _CONNECTED[(self.name, self.id)] = self
 
     def disconnect(self) -> None:
