@@ -173,28 +173,36 @@ def test_the_report_gives_the_control_rate_and_each_decisions_time(tmp_path, clo
     robot.disconnect()
 
 
-def test_lerobots_return_to_the_start_moves_the_hand_to_the_pose_untimed(tmp_path, clock):
-    """LeRobot's rollout sends the observation's `.pos` keys (the state) to return a robot to its start: a pose,
-    which the hand moves towards at MetaWorld's top speed (1 cm a step); not the loop's action, so not counted."""
+def test_lerobots_return_to_the_start_moves_the_hand_to_the_pose_untimed(tmp_path, clock, caplog):
+    """LeRobot's rollout returns a robot to its start by sending the observation's `.pos` keys (here the state, a
+    pose) as actions: the hand's set-point moves there at MetaWorld's top speed (1 cm a step) and the fingers open
+    as they were; not the loop's actions, so not counted. Run through LeRobot's own return, which only logs a
+    refused action."""
+    from lerobot.rollout.context import HardwareContext
+    from lerobot.rollout.robot_wrapper import ThreadSafeRobot
+    from lerobot.rollout.strategies.core import RolloutStrategy
+
     robot = make_robot(tmp_path)
     robot.connect()
     start = robot.get_observation()
+    initial_position = {k: v for k, v in start.items() if k.endswith(".pos")}  # as lerobot-rollout keeps it
     for _ in range(10):
         robot.send_action({"hand_x.vel": 1.0, "hand_y.vel": 0.0, "hand_z.vel": 0.0, "gripper.pos": 1.0})
         clock.now += 1.0 / FPS
-        moved = robot.get_observation()
-    pose = {key: start[key] for key in STATE_KEYS}
-    hand = ("hand_x.pos", "hand_y.pos", "hand_z.pos")
-    sent = robot.send_action(pose)
-    assert sent["hand_x.vel"] == -1.0 and sent["gripper.pos"] == -1.0  # back along x, fingers opening
-    assert abs(sent["hand_y.vel"]) < 1.0 and abs(sent["hand_z.vel"]) < 1.0
-    for _ in range(40):
-        clock.now += 1.0 / FPS
-        robot.send_action(pose)
-    back = robot.get_observation()
+    moved = robot.get_observation()
     assert moved["hand_x.pos"] - start["hand_x.pos"] > 0.04
+    assert moved["gripper_opening.pos"] < start["gripper_opening.pos"] - 0.2  # closing
+    sent = robot.send_action({key: start[key] for key in STATE_KEYS})
+    assert sent["hand_x.vel"] == -1.0 and sent["gripper.pos"] == -1.0  # back along x, fingers opening
+    with caplog.at_level("WARNING"):
+        hardware = HardwareContext(ThreadSafeRobot(robot), None, initial_position)
+        RolloutStrategy._return_to_initial_position(hardware, duration_s=0.6, fps=50)
+    assert not [r for r in caplog.records if "Could not return" in r.getMessage()], caplog.text
+    back = robot.get_observation()
     # Within the few millimetres by which MetaWorld's hand trails its set-point.
+    hand = ("hand_x.pos", "hand_y.pos", "hand_z.pos")
     np.testing.assert_allclose([back[k] for k in hand], [start[k] for k in hand], atol=1e-2)
+    assert back["gripper_opening.pos"] > moved["gripper_opening.pos"] + 0.2  # opened again
     assert robot.report()["actions"] == 10  # the loop's ten, not the return's
     robot.disconnect()
 
@@ -225,3 +233,109 @@ def test_bad_actions_and_a_missing_robot_are_named_errors(tmp_path, clock):
     robot.disconnect()
     with pytest.raises(ValueError, match="Unknown MetaWorld task 'button-pushing'"):
         make_robot(tmp_path, task="button-pushing")
+
+
+@pytest.mark.slow
+def test_lerobots_commands_record_the_expert_train_a_teacher_and_roll_it_out_on_the_metaworld_robot(tmp_path):
+    """`lerobot-record` with MetaWorld's expert (2 short episodes at 32 px), the calibration written into the
+    dataset, `lerobot-train` of the teacher on point cloud + state for 2 steps, and `lerobot-rollout` of it on the
+    robot, returning the robot to its start at the end as LeRobot does by default."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from lerobot_flowstep.cli import main as flowstep_cli
+    from lerobot_flowstep.tools.lerobot_commands import (
+        last_checkpoint,
+        lerobot_record,
+        lerobot_rollout,
+        lerobot_train,
+        sim_robot_args,
+        train_args,
+    )
+
+    repo_id, root, calibration = "local/metaworld_sim", tmp_path / "data", tmp_path / "calibration"
+    robot = ["--robot.image_size=32", f"--robot.task={TASK}"]
+    lerobot_record(
+        [
+            *sim_robot_args("flowstep_metaworld_sim", 30, 3.0, 0.3, calibration, tmp_path / "record.json"),
+            *robot,
+            "--teleop.type=flowstep_metaworld_expert",
+            f"--dataset.repo_id={repo_id}",
+            f"--dataset.root={root}",
+            "--dataset.fps=30",
+            "--dataset.episode_time_s=3.0",
+            "--dataset.reset_time_s=0.3",
+            "--dataset.num_episodes=2",
+            "--dataset.single_task=Press the button",
+            "--dataset.push_to_hub=false",
+            "--dataset.no_stamp=true",
+            "--display_data=false",
+            "--play_sounds=false",
+        ],
+        tmp_path / "record.log",
+        timeout_s=600,
+    )
+    recorded = json.loads((tmp_path / "record.json").read_text())
+    # The expert needs about 60 steps, 2 s at 30 fps: a loaded machine's late ticks may cost one scene its success.
+    assert recorded["scenes"] >= 1 and recorded["successes"] >= 1 and recorded["seeds"][:2] == [0, 1], recorded
+    dataset = LeRobotDataset(repo_id, root=root)
+    assert dataset.num_episodes == 2
+    features = dataset.meta.features
+    assert features["observation.state"]["names"] == list(STATE_KEYS)
+    assert features["action"]["names"] == list(ACTION_KEYS)
+    depth = features["observation.images.corner2_depth"]
+    assert list(depth["shape"]) == [32, 32, 1]
+    assert depth["info"]["is_depth_map"] and depth["info"]["depth_unit"] == "mm"
+    camera_file = calibration / "flowstep_metaworld_sim_corner2_camera.json"
+    assert (
+        flowstep_cli(
+            ["calibrate", "--dataset-root", str(root), "--camera", "corner2", "--calibration-file", str(camera_file)]
+        )
+        == 0
+    )
+
+    inputs = {
+        "observation.state": {"type": "STATE", "shape": [len(STATE_KEYS)]},
+        "observation.images.corner2_depth": {"type": "VISUAL", "shape": [1, 32, 32]},
+    }
+    teacher_args = [
+        f"--policy.input_features={json.dumps(inputs)}",
+        "--policy.pointcloud.cameras=[corner2]",
+        "--policy.pointcloud.num_points=64",
+        # The table top, as configs/metaworld/teacher_pc.json crops it.
+        "--policy.pointcloud.bounds_low=[-0.6,0.2,0.005]",
+        "--policy.pointcloud.bounds_high=[0.6,1.0,0.6]",
+        "--policy.horizon=8",
+        "--policy.n_action_steps=4",
+        "--policy.network.hidden_dim=64",
+    ]
+    lerobot_train(
+        [*train_args("flowstep_teacher", repo_id, root, tmp_path / "teacher", 2, 4), *teacher_args],
+        tmp_path / "teacher.log",
+        total_steps=2,
+    )
+    teacher = last_checkpoint(tmp_path / "teacher")
+    report_path = tmp_path / "rollout.json"
+    lerobot_rollout(
+        [
+            "--strategy.type=base",
+            f"--policy.path={teacher}",
+            "--policy.device=cpu",
+            *sim_robot_args("flowstep_metaworld_sim", 30, 1.5, 0.4, calibration, report_path),
+            *robot,
+            "--robot.seed=1000",
+            "--fps=30",
+            "--duration=3",
+            "--play_sounds=false",
+            "--task=Press the button",
+        ],
+        tmp_path / "rollout.log",
+        timeout_s=600,
+    )
+    report = json.loads(report_path.read_text())
+    # A 2-step teacher: what is tested is that it drove the robot, timed, not that it succeeds.
+    assert report["scenes"] >= 1 and report["seeds"][0] == 1000 and report["actions"] > 0, report
+    assert 0 < report["achieved_hz"] <= 31 and 0 <= report["overrun_share"] <= 1, report
+    assert {"decision_p50_ms", "decision_p99_ms", "decision_max_ms"} <= set(report), report
+    log = (tmp_path / "rollout.log").read_text()
+    # LeRobot's return to the start sent the robot its state as a pose, which it took (a refusal is only logged).
+    assert "Returning robot to initial position" in log and "Could not return to initial position" not in log, log
