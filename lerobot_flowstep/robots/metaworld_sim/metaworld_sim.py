@@ -151,7 +151,7 @@ class FlowstepMetaworldSim(SimRobot[np.ndarray]):
         unknown = sorted(keys - set(ACTION_KEYS))
         if missing or unknown:
             raise ValueError(
-                f"{self} takes the action keys {list(ACTION_KEYS)} (MetaWorld's hand displacement per step in "
+                f"{self.name} takes the action keys {list(ACTION_KEYS)} (MetaWorld's hand displacement per step in "
                 f"[-1, 1] cm and gripper command, -1 open to 1 closed), or a pose of its state keys holding "
                 f"{list(HAND_KEYS)} to move the hand to (LeRobot's return to the start); missing {missing}, "
                 f"unknown {unknown} in {sorted(action)}."
@@ -162,7 +162,7 @@ class FlowstepMetaworldSim(SimRobot[np.ndarray]):
     def _finite(self, action: dict[str, Any], keys: tuple[str, ...]) -> np.ndarray:
         values = np.array([float(action[key]) for key in keys])
         if not np.all(np.isfinite(values)):
-            raise ValueError(f"{self} got a non-finite action {dict(zip(keys, values.tolist(), strict=True))}.")
+            raise ValueError(f"{self.name} got a non-finite action {dict(zip(keys, values.tolist(), strict=True))}.")
         return values
 
     def _towards_pose(self, pose: dict[str, Any]) -> np.ndarray:
