@@ -98,6 +98,17 @@ def test_connecting_writes_the_cameras_calibration_as_the_env_gives_it(tmp_path,
     robot.disconnect()
 
 
+def test_lerobot_calibrate_writes_the_camera_calibration(tmp_path, monkeypatch, reference):
+    from lerobot.scripts import lerobot_calibrate
+
+    argv = ["lerobot-calibrate", "--robot.type=flowstep_metaworld_sim", "--robot.id=cam", f"--robot.image_size={SIZE}"]
+    monkeypatch.setattr("sys.argv", [*argv, f"--robot.calibration_dir={tmp_path}"])
+    lerobot_calibrate.calibrate()
+    calibration = read_calibration_file(tmp_path / "cam_corner2_camera.json")
+    expected, _ = reference.reset(seed=0)
+    np.testing.assert_allclose(calibration["intrinsics"], expected["camera.corner2.intrinsics"], rtol=1e-6)
+
+
 def test_the_expert_solves_each_scene_on_lerobot_records_schedule(tmp_path, clock):
     """Two scenes, each live for episode_time_s and solved by MetaWorld's expert within it, the second drawn with
     the next seed at the reset and held still through it."""
