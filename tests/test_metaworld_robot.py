@@ -218,6 +218,32 @@ def test_lerobots_return_to_the_start_moves_the_hand_to_the_pose_untimed(tmp_pat
     robot.disconnect()
 
 
+def test_injected_faults_are_the_shared_ones(tmp_path, clock):
+    """The fault rig of every simulated robot (`--robot.faults.*`), here with MetaWorld's camera."""
+    from lerobot.utils.errors import DeviceNotConnectedError
+
+    from lerobot_flowstep.robots.common import SimFaultsConfig
+
+    faults = SimFaultsConfig(0, disconnect_at_step=3, drop_frame_at_step=2)
+    robot = make_robot(tmp_path, faults=faults, report_path=tmp_path / "report.json")
+    robot.connect()
+    robot.get_observation()
+    robot.send_action(dict.fromkeys(ACTION_KEYS, 0.0))
+    clock.now += 1.0 / FPS
+    with pytest.raises(TimeoutError, match=r"waiting for a frame from camera 'corner2' at step 2 of scene 0"):
+        robot.get_observation()
+    with pytest.raises(DeviceNotConnectedError, match=r"flowstep_metaworld_sim lost its connection at step 3"):
+        robot.get_observation()
+    robot.disconnect()
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["faults"] == {
+        "scene": 0,
+        "link_lost_at_step": 3,
+        "frame_dropped_at_step": 2,
+        "actions_after_fault": 0,
+    }
+
+
 def test_bad_actions_and_a_missing_robot_are_named_errors(tmp_path, clock):
     expert = make_expert(robot_id="nowhere")
     expert.connect()
