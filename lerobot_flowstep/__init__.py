@@ -2,8 +2,9 @@
 
 Importing this package registers the policy configs (`flowstep_teacher`, `imle_student`, `flowstep_regression`),
 the processor steps (`flowstep_observation_check`, `flowstep_depth_maps`, `flowstep_pointcloud`), the env types
-(`flowstep_obstacle`, `flowstep_pusht_disturbed`, `rlbench`, `flowstep_metaworld`), the simulated robot
-(`flowstep_obstacle_sim`) and its scripted teleoperator (`flowstep_obstacle_expert`) with LeRobot.
+(`flowstep_obstacle`, `flowstep_pusht_disturbed`, `rlbench`, `flowstep_metaworld`), the simulated robots
+(`flowstep_obstacle_sim`, `flowstep_metaworld_sim`) and their scripted teleoperators (`flowstep_obstacle_expert`,
+`flowstep_metaworld_expert`) with LeRobot.
 """
 
 from lerobot_flowstep import (  # noqa: F401  (for their registrations)

@@ -28,7 +28,7 @@ from lerobot_flowstep.policies.common.processor_base import make_flowstep_pre_po
 from lerobot_flowstep.policies.flowstep_teacher.configuration_flowstep_teacher import FlowstepTeacherConfig
 from lerobot_flowstep.policies.flowstep_teacher.modeling_flowstep_teacher import FlowstepTeacherPolicy
 from lerobot_flowstep.processor.pointcloud import PointCloudConfig
-from lerobot_flowstep.robots.obstacle_sim import obstacle_sim
+from lerobot_flowstep.robots.common import sim_robot
 from lerobot_flowstep.robots.obstacle_sim.config_obstacle_sim import SimFaultsConfig
 from lerobot_flowstep.tools.lerobot_commands import lerobot_record, lerobot_rollout, obstacle_sim_args
 
@@ -56,7 +56,7 @@ def make_robot(tmp_path, **overrides):
 
 def test_injected_faults_surface_as_lerobots_robot_errors_in_the_chosen_scene_only(tmp_path, monkeypatch):
     clock = FakeClock()
-    monkeypatch.setattr(obstacle_sim, "time", clock)
+    monkeypatch.setattr(sim_robot, "time", clock)
     robot = make_robot(
         tmp_path,
         report_path=tmp_path / "report.json",

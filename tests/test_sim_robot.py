@@ -12,7 +12,7 @@ from lerobot.teleoperators import TeleoperatorConfig, make_teleoperator_from_con
 
 from lerobot_flowstep.datasets.calibration import read_calibration_file
 from lerobot_flowstep.envs.obstacle import ObstacleLayout, ObstacleReachEnv, ObstacleRenderer
-from lerobot_flowstep.robots.obstacle_sim import obstacle_sim
+from lerobot_flowstep.robots.common import sim_robot
 from lerobot_flowstep.robots.obstacle_sim.obstacle_sim import AGENT_KEYS, FlowstepObstacleSim
 from lerobot_flowstep.teleoperators.obstacle_expert import FlowstepObstacleExpert
 
@@ -30,7 +30,7 @@ class FakeClock:
 @pytest.fixture
 def clock(monkeypatch):
     fake = FakeClock()
-    monkeypatch.setattr(obstacle_sim, "time", fake)
+    monkeypatch.setattr(sim_robot, "time", fake)
     return fake
 
 

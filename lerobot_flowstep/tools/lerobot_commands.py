@@ -217,15 +217,28 @@ def lerobot_rollout(args: list[str], log_path: Path, timeout_s: float | None = N
     _run("lerobot.scripts.lerobot_rollout", args, log_path, None, "rollout", timeout_s=timeout_s)
 
 
-def obstacle_sim_args(
-    fps: int, episode_time_s: float, reset_time_s: float, calibration_dir: Path, report_path: Path | None = None
+def sim_robot_args(
+    robot_type: str,
+    fps: int,
+    episode_time_s: float,
+    reset_time_s: float,
+    calibration_dir: Path,
+    report_path: Path | None = None,
 ) -> list[str]:
-    """`--robot.*` arguments of the simulated robot `flowstep_obstacle_sim` on a scene schedule (see its config)."""
+    """`--robot.*` arguments of a simulated robot (`flowstep_obstacle_sim`, `flowstep_metaworld_sim`) on a scene
+    schedule (see `SimRobotConfig`)."""
     args = [
-        "--robot.type=flowstep_obstacle_sim",
+        f"--robot.type={robot_type}",
         f"--robot.fps={fps}",
         f"--robot.episode_time_s={episode_time_s}",
         f"--robot.reset_time_s={reset_time_s}",
         f"--robot.calibration_dir={calibration_dir}",
     ]
     return args + ([f"--robot.report_path={report_path}"] if report_path is not None else [])
+
+
+def obstacle_sim_args(
+    fps: int, episode_time_s: float, reset_time_s: float, calibration_dir: Path, report_path: Path | None = None
+) -> list[str]:
+    """`sim_robot_args` of the embedded task's robot `flowstep_obstacle_sim`."""
+    return sim_robot_args("flowstep_obstacle_sim", fps, episode_time_s, reset_time_s, calibration_dir, report_path)

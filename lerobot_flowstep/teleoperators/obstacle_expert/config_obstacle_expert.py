@@ -6,16 +6,16 @@ from dataclasses import dataclass
 
 from lerobot.teleoperators import TeleoperatorConfig
 
+from lerobot_flowstep.teleoperators.common import ScriptedOperatorConfig
+
 TELEOP_TYPE = "flowstep_obstacle_expert"
 
 
 @TeleoperatorConfig.register_subclass(TELEOP_TYPE)
 @dataclass(kw_only=True)
-class FlowstepObstacleExpertConfig(TeleoperatorConfig):
+class FlowstepObstacleExpertConfig(ScriptedOperatorConfig):
     """The operator of a `flowstep_obstacle_sim` robot of the same command: it watches the robot's scene and
     drives the agent along a smooth path past the obstacles, on a side drawn at random for each scene."""
 
-    # `--robot.id` of the robot to drive; None: the only one connected.
-    robot_id: str | None = None
     # Seed of the side drawn for each scene (and of the path's jitter); None draws them afresh.
     seed: int | None = 0
