@@ -658,7 +658,8 @@ def main() -> None:
                 output / "teacher", f"teacher_cache{cache_variant}_{perturbed}_s", time.perf_counter() - start
             )
         if args.cache_only:
-            print(f"The cache is drawn: {cache_path}")
+            drawn = [cache_path] + ([perturbed_path] if perturbed_path is not None else [])
+            print(f"The cache is drawn: {', '.join(map(str, drawn))}")
             return
         student_dir = output / student_name
         checkpoints[student_name] = train(
