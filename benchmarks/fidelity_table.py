@@ -86,22 +86,34 @@ def table(rows: dict[str, tuple[Arm, Arm]]) -> str:
     return "\n".join(lines)
 
 
+class _Row(argparse.Action):
+    """Each row option appends (option, values) to one list: the table keeps the rows in the command's order."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        namespace.rows = [*(namespace.rows or []), (option_string, values)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pusht", nargs=4, action="append", default=[], metavar=("NAME", "REPORT", "T", "S"))
-    parser.add_argument("--metaworld", nargs=4, action="append", default=[], metavar=("NAME", "RESULTS", "T", "S"))
+    parser.add_argument("--pusht", nargs=4, action=_Row, dest="rows", metavar=("NAME", "REPORT", "T", "S"))
+    parser.add_argument("--metaworld", nargs=4, action=_Row, dest="rows", metavar=("NAME", "RESULTS", "T", "S"))
     parser.add_argument(
-        "--counts", nargs=5, action="append", default=[], metavar=("NAME", "T_K/N", "S_K/N", "T_MS", "S_MS")
+        "--counts", nargs=5, action=_Row, dest="rows", metavar=("NAME", "T_K/N", "S_K/N", "T_MS", "S_MS")
     )
     parser.add_argument("--output", type=Path, help="also write the table here (markdown)")
     args = parser.parse_args()
     rows: dict[str, tuple[Arm, Arm]] = {}
-    for name, report, teacher, student in args.pusht:
-        rows[name] = (pusht_arm(Path(report), teacher), pusht_arm(Path(report), student))
-    for name, results, teacher, student in args.metaworld:
-        rows[name] = (metaworld_arm(Path(results), teacher), metaworld_arm(Path(results), student))
-    for name, teacher_count, student_count, teacher_ms, student_ms in args.counts:
-        rows[name] = (counts_arm(teacher_count, teacher_ms), counts_arm(student_count, student_ms))
+    for option, values in args.rows or []:
+        name, *fields = values
+        if option == "--pusht":
+            report, teacher, student = fields
+            rows[name] = (pusht_arm(Path(report), teacher), pusht_arm(Path(report), student))
+        elif option == "--metaworld":
+            results, teacher, student = fields
+            rows[name] = (metaworld_arm(Path(results), teacher), metaworld_arm(Path(results), student))
+        else:
+            teacher_count, student_count, teacher_ms, student_ms = fields
+            rows[name] = (counts_arm(teacher_count, teacher_ms), counts_arm(student_count, student_ms))
     if not rows:
         parser.error("give at least one --pusht, --metaworld or --counts row")
     text = table(rows)
