@@ -614,49 +614,28 @@ def main() -> None:
                 args.cache_batch_size, args.cache_plan, teacher_cfg.seed,
             )  # fmt: skip
             return
-        # A cache from before latents were kept is drawn again when paired distillation needs them. The cache is
-        # drawn by shards, and a killed run resumes it (or a second process joins it) where it stopped.
+
+        def draw(path: Path, num_samples: int, timing: str, observation_noise_std: float = 0.0) -> None:
+            # Drawn by shards: a killed run resumes the cache (or a second process joins it) where it stopped.
+            start = time.perf_counter()
+            teacher, _, _ = load_checkpoint(checkpoints["teacher"], args.device)
+            cache_from_samples(
+                teacher, str(checkpoints["teacher"]), samples, path, num_samples, args.cache_steps, args.cache_solver,
+                teacher_cfg.seed, args.cache_batch_size, dataset_meta=meta, shard_size=args.cache_shard_size,
+                resume=True, observation_noise_std=observation_noise_std,
+            )  # fmt: skip
+            # This session's time: a resumed cache's earlier sessions are not in it.
+            record_timing(output / "teacher", timing, time.perf_counter() - start)
+
+        # A cache from before latents were kept is drawn again when paired distillation needs them.
         needs_latents = student_cfg.policy.paired_weight > 0
         if not cache_path.exists() or (needs_latents and not cache_has_latents(cache_path)):
-            start = time.perf_counter()
-            teacher, _, _ = load_checkpoint(checkpoints["teacher"], args.device)
-            cache_from_samples(
-                teacher,
-                str(checkpoints["teacher"]),
-                samples,
-                cache_path,
-                args.cache_samples,
-                args.cache_steps,
-                args.cache_solver,
-                teacher_cfg.seed,
-                args.cache_batch_size,
-                dataset_meta=meta,
-                shard_size=args.cache_shard_size,
-                resume=True,
-            )
-            # This session's time: a resumed cache's earlier sessions are not in it.
-            record_timing(output / "teacher", f"teacher_cache{cache_variant}_s", time.perf_counter() - start)
+            draw(cache_path, args.cache_samples, f"teacher_cache{cache_variant}_s")
         if perturbed_path is not None and not perturbed_path.exists():
-            start = time.perf_counter()
-            teacher, _, _ = load_checkpoint(checkpoints["teacher"], args.device)
-            cache_from_samples(
-                teacher,
-                str(checkpoints["teacher"]),
-                samples,
-                perturbed_path,
-                args.perturbed_cache_samples,
-                args.cache_steps,
-                args.cache_solver,
-                teacher_cfg.seed,
-                args.cache_batch_size,
-                dataset_meta=meta,
-                shard_size=args.cache_shard_size,
-                resume=True,
-                observation_noise_std=args.perturbed_cache_std,
-            )
-            record_timing(
-                output / "teacher", f"teacher_cache{cache_variant}_{perturbed}_s", time.perf_counter() - start
-            )
+            draw(
+                perturbed_path, args.perturbed_cache_samples, f"teacher_cache{cache_variant}_{perturbed}_s",
+                args.perturbed_cache_std,
+            )  # fmt: skip
         if args.cache_only:
             drawn = [cache_path] + ([perturbed_path] if perturbed_path is not None else [])
             print(f"The cache is drawn: {', '.join(map(str, drawn))}")

@@ -28,6 +28,26 @@ def _small_torch():
     torch.set_num_threads(2)
 
 
+class FakeClock:
+    """`time` as the simulated robots read it (`perf_counter`), moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch) -> FakeClock:
+    """The simulated robots' clock (`robots.common.sim_robot.time`), under the test's control."""
+    from lerobot_flowstep.robots.common import sim_robot
+
+    fake = FakeClock()
+    monkeypatch.setattr(sim_robot, "time", fake)
+    return fake
+
+
 def camera_features(size: int = 16, camera: str = "top") -> dict[str, PolicyFeature]:
     return {
         "observation.state": PolicyFeature(FeatureType.STATE, (2,)),

@@ -14,7 +14,6 @@ from lerobot.teleoperators import TeleoperatorConfig, make_teleoperator_from_con
 
 from lerobot_flowstep.datasets.calibration import read_calibration_file
 from lerobot_flowstep.metaworld.env import STATE_NAMES, MetaworldRGBDEnv
-from lerobot_flowstep.robots.common import sim_robot
 from lerobot_flowstep.robots.metaworld_sim import FlowstepMetaworldSim
 from lerobot_flowstep.robots.metaworld_sim.metaworld_sim import ACTION_KEYS, STATE_KEYS
 from lerobot_flowstep.teleoperators.metaworld_expert import FlowstepMetaworldExpert
@@ -24,21 +23,6 @@ pytest.importorskip("metaworld", reason="the MetaWorld robot needs the metaworld
 FPS = 16  # a period exact in binary, so that the fake clock lands on the phase boundaries
 SIZE = 32
 TASK = "button-press-v3"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def perf_counter(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock(monkeypatch):
-    fake = FakeClock()
-    monkeypatch.setattr(sim_robot, "time", fake)
-    return fake
 
 
 @pytest.fixture(scope="module")

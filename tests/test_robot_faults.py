@@ -28,20 +28,11 @@ from lerobot_flowstep.policies.common.processor_base import make_flowstep_pre_po
 from lerobot_flowstep.policies.flowstep_teacher.configuration_flowstep_teacher import FlowstepTeacherConfig
 from lerobot_flowstep.policies.flowstep_teacher.modeling_flowstep_teacher import FlowstepTeacherPolicy
 from lerobot_flowstep.processor.pointcloud import PointCloudConfig
-from lerobot_flowstep.robots.common import sim_robot
 from lerobot_flowstep.robots.obstacle_sim.config_obstacle_sim import SimFaultsConfig
 from lerobot_flowstep.tools.lerobot_commands import lerobot_record, lerobot_rollout, obstacle_sim_args
 
 FPS = 16
 BOUNDS = {"bounds_low": [-1.2, -1.2, -0.05], "bounds_high": [1.2, 1.2, 0.5]}
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def perf_counter(self) -> float:
-        return self.now
 
 
 def make_robot(tmp_path, **overrides):
@@ -54,9 +45,7 @@ def make_robot(tmp_path, **overrides):
 # --- the injected faults ------------------------------------------------------------------------------------------
 
 
-def test_injected_faults_surface_as_lerobots_robot_errors_in_the_chosen_scene_only(tmp_path, monkeypatch):
-    clock = FakeClock()
-    monkeypatch.setattr(sim_robot, "time", clock)
+def test_injected_faults_surface_as_lerobots_robot_errors_in_the_chosen_scene_only(tmp_path, clock):
     robot = make_robot(
         tmp_path,
         report_path=tmp_path / "report.json",

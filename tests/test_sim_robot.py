@@ -12,26 +12,10 @@ from lerobot.teleoperators import TeleoperatorConfig, make_teleoperator_from_con
 
 from lerobot_flowstep.datasets.calibration import read_calibration_file
 from lerobot_flowstep.envs.obstacle import ObstacleLayout, ObstacleReachEnv, ObstacleRenderer
-from lerobot_flowstep.robots.common import sim_robot
 from lerobot_flowstep.robots.obstacle_sim.obstacle_sim import AGENT_KEYS, FlowstepObstacleSim
 from lerobot_flowstep.teleoperators.obstacle_expert import FlowstepObstacleExpert
 
 FPS = 16  # a period exact in binary, so that the fake clock lands on the phase boundaries
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def perf_counter(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock(monkeypatch):
-    fake = FakeClock()
-    monkeypatch.setattr(sim_robot, "time", fake)
-    return fake
 
 
 def make_robot(tmp_path, **overrides) -> FlowstepObstacleSim:

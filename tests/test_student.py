@@ -576,7 +576,7 @@ def test_a_perturbed_cache_labels_each_sample_at_its_own_perturbed_observation(t
         tmp_path / "plain.safetensors", {}, torch.cat([plain.latents, plain.latents[:1]]),
     )  # fmt: skip
 
-    def offline_student(num_steps: int, std: float = 0.3, cache_std: float = 0.3):
+    def offline_student(num_steps: int, std: float = 0.3, cache_std: float = 0.3, num_perturbed_samples: int = 2):
         drawn = sample_teacher(teacher, [batch], 3, num_steps, "euler", seed=7, observation_noise_std=cache_std)
         path = write_teacher_cache(
             drawn.samples, drawn.index, tmp_path / f"perturbed{num_steps}_{cache_std}.safetensors",
@@ -584,7 +584,7 @@ def test_a_perturbed_cache_labels_each_sample_at_its_own_perturbed_observation(t
         )  # fmt: skip
         student = _student(
             teacher_dir, teacher_cache_path=str(plain_path), perturbed_cache_path=str(path), num_student_samples=3,
-            observation_noise_std=std, num_perturbed_samples=2, **paired,
+            observation_noise_std=std, num_perturbed_samples=num_perturbed_samples, **paired,
         ).train()  # fmt: skip
         student.initialize_from_teacher()
         student._teacher_copy_checked = True
@@ -604,6 +604,10 @@ def test_a_perturbed_cache_labels_each_sample_at_its_own_perturbed_observation(t
     with pytest.raises(KeyError, match=r"Frames \[99\] are not in the teacher cache .*perturbed4"):
         student.forward({**batch, "index": torch.tensor([0, 1, 2, 3, 99])})
 
+    with pytest.raises(ValueError, match=r"perturbed_cache_path=.* holds 3 samples per frame, fewer than "):
+        offline_student(1, num_perturbed_samples=4).forward(batch)
+    with pytest.raises(KeyError, match="perturbed_cache_path is set but the batch has no 'index'"):
+        student.cached_perturbed_paired_loss({k: v for k, v in batch.items() if k != "index"}, None)
     # A cache of another noise, a cache without offsets, and a perturbed cache without noise are refused by name.
     with pytest.raises(ValueError, match=r"drawn with observation_noise_std=0.2, the student is configured with 0.3"):
         offline_student(1, std=0.3, cache_std=0.2).forward(batch)

@@ -340,15 +340,8 @@ class ImleStudentPolicy(FlowstepBasePolicy):
         """`perturbed_paired_loss` from the perturbed cache: num_perturbed_samples of each frame's perturbed
         copies, each its own observation (the frame's offset by the copy's offset) with the latent the teacher
         started from; and which frames the cache lacks (their rows hold another frame's copies)."""
-        cache = self.perturbed_cache
-        if "index" not in batch:
-            raise KeyError("perturbed_cache_path is set but the batch has no 'index' (dataset frame index).")
-        num = self.config.num_perturbed_samples
-        if cache.num_samples < num:
-            raise ValueError(
-                f"The perturbed cache {cache.path} holds {cache.num_samples} perturbed samples per frame, fewer "
-                f"than num_perturbed_samples={num}."
-            )
+        cache, num = self.perturbed_cache, self.config.num_perturbed_samples
+        cache.check_batch(batch, num, "perturbed_cache_path", "num_perturbed_samples")
         targets, latents, offsets, missing = cache.lookup_perturbed(batch["index"], num)
         cond = self.encode(offset_observations(batch, offsets))
         chunks = self.generate(cond, latents.flatten(0, 1).to(cond.dtype)).reshape(targets.shape)
@@ -363,14 +356,8 @@ class ImleStudentPolicy(FlowstepBasePolicy):
         placeholders), else None. From the cache when configured, else sampled."""
         cache = self.teacher_cache
         if cache is not None:
-            if "index" not in batch:
-                raise KeyError("teacher_cache_path is set but the batch has no 'index' (dataset frame index).")
             m = self.config.num_teacher_samples
-            if cache.num_samples < m:
-                raise ValueError(
-                    f"The teacher cache holds {cache.num_samples} samples per frame, fewer than "
-                    f"num_teacher_samples={m}."
-                )
+            cache.check_batch(batch, m, "teacher_cache_path", "num_teacher_samples")
             if with_latents:
                 return cache.lookup_pairs(batch["index"], m)
             samples, missing = cache.lookup(batch["index"], m)

@@ -438,6 +438,16 @@ class TeacherCache:
     def _take(self, tensor: Tensor, rows: Tensor, columns: Tensor | slice) -> Tensor:
         return tensor[rows] if isinstance(columns, slice) else tensor[rows[:, None], columns]
 
+    def check_batch(self, batch: dict[str, Tensor], num: int, option: str, count: str) -> None:
+        """Refuse a training batch that cannot be looked up: without dataset frame indices, or asking for more
+        samples per frame (`count`, the config field) than the cache at `option` holds."""
+        if "index" not in batch:
+            raise KeyError(f"{option} is set but the batch has no 'index' (dataset frame index).")
+        if self.num_samples < num:
+            raise ValueError(
+                f"{option}={self.path} holds {self.num_samples} samples per frame, fewer than {count}={num}."
+            )
+
     def lookup(self, index: Tensor, num: int | None = None) -> tuple[Tensor, Tensor]:
         """Samples (B, M, horizon, action_dim) for global frame indices (B,), and which of them the cache lacks
         (B,) bool; those rows hold another frame's samples. With `num`, M = `num` samples drawn at random from
