@@ -39,6 +39,7 @@ from lerobot_flowstep.tools.lerobot_commands import (
     lerobot_rollout,
     lerobot_train,
     obstacle_sim_args,
+    record_dataset_args,
     train_args,
 )
 from lerobot_flowstep.tools.timings import write_text_atomic
@@ -90,17 +91,7 @@ def record(size: Size, out: Path, args: argparse.Namespace) -> Path:
             *obstacle_sim_args(args.fps, args.episode_time_s, args.reset_time_s, calibration, out / "record.json"),
             *size.robot_args(),
             "--teleop.type=flowstep_obstacle_expert",
-            f"--dataset.repo_id={REPO_ID}",
-            f"--dataset.root={root}",
-            f"--dataset.fps={args.fps}",
-            f"--dataset.episode_time_s={args.episode_time_s}",
-            f"--dataset.reset_time_s={args.reset_time_s}",
-            f"--dataset.num_episodes={args.episodes}",
-            f"--dataset.single_task={TASK}",
-            "--dataset.push_to_hub=false",
-            "--dataset.no_stamp=true",
-            "--display_data=false",
-            "--play_sounds=false",
+            *record_dataset_args(REPO_ID, root, args.fps, args.episode_time_s, args.reset_time_s, args.episodes, TASK),
         ],
         out / "record.log",
     )

@@ -29,7 +29,12 @@ from lerobot_flowstep.policies.flowstep_teacher.configuration_flowstep_teacher i
 from lerobot_flowstep.policies.flowstep_teacher.modeling_flowstep_teacher import FlowstepTeacherPolicy
 from lerobot_flowstep.processor.pointcloud import PointCloudConfig
 from lerobot_flowstep.robots.obstacle_sim.config_obstacle_sim import SimFaultsConfig
-from lerobot_flowstep.tools.lerobot_commands import lerobot_record, lerobot_rollout, obstacle_sim_args
+from lerobot_flowstep.tools.lerobot_commands import (
+    lerobot_record,
+    lerobot_rollout,
+    obstacle_sim_args,
+    record_dataset_args,
+)
 
 FPS = 16
 BOUNDS = {"bounds_low": [-1.2, -1.2, -0.05], "bounds_high": [1.2, 1.2, 0.5]}
@@ -189,17 +194,7 @@ def record(tmp_path, faults: list[str]) -> None:
             *obstacle_sim_args(30, 1.0, 0.3, tmp_path / "calibration", tmp_path / "record.json"),
             *faults,
             "--teleop.type=flowstep_obstacle_expert",
-            "--dataset.repo_id=local/faulty",
-            f"--dataset.root={tmp_path / 'data'}",
-            "--dataset.fps=30",
-            "--dataset.episode_time_s=1.0",
-            "--dataset.reset_time_s=0.3",
-            "--dataset.num_episodes=3",
-            "--dataset.single_task=reach",
-            "--dataset.push_to_hub=false",
-            "--dataset.no_stamp=true",
-            "--display_data=false",
-            "--play_sounds=false",
+            *record_dataset_args("local/faulty", tmp_path / "data", 30, 1.0, 0.3, 3, "reach"),
         ],
         tmp_path / "record.log",
         timeout_s=600,

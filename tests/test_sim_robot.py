@@ -230,6 +230,7 @@ def test_lerobots_commands_record_train_cache_distil_and_roll_out_on_the_simulat
         lerobot_rollout,
         lerobot_train,
         obstacle_sim_args,
+        record_dataset_args,
         train_args,
     )
 
@@ -239,17 +240,7 @@ def test_lerobots_commands_record_train_cache_distil_and_roll_out_on_the_simulat
         [
             *obstacle_sim_args(30, 2.0, 0.4, calibration, tmp_path / "record.json"),
             "--teleop.type=flowstep_obstacle_expert",
-            f"--dataset.repo_id={repo_id}",
-            f"--dataset.root={root}",
-            "--dataset.fps=30",
-            "--dataset.episode_time_s=2.0",
-            "--dataset.reset_time_s=0.4",
-            "--dataset.num_episodes=3",
-            f"--dataset.single_task={task}",
-            "--dataset.push_to_hub=false",
-            "--dataset.no_stamp=true",
-            "--display_data=false",
-            "--play_sounds=false",
+            *record_dataset_args(repo_id, root, 30, 2.0, 0.4, 3, task),
         ],
         tmp_path / "record.log",
         timeout_s=600,

@@ -237,6 +237,32 @@ def sim_robot_args(
     return args + ([f"--robot.report_path={report_path}"] if report_path is not None else [])
 
 
+def record_dataset_args(
+    repo_id: str,
+    root: Path,
+    fps: int,
+    episode_time_s: float,
+    reset_time_s: float,
+    num_episodes: int,
+    task: str,
+) -> list[str]:
+    """`lerobot-record`'s `--dataset.*` arguments for a local dataset on a simulated robot's schedule (the same
+    episode and reset times as the robot's), with nothing pushed, shown or played."""
+    return [
+        f"--dataset.repo_id={repo_id}",
+        f"--dataset.root={root}",
+        f"--dataset.fps={fps}",
+        f"--dataset.episode_time_s={episode_time_s}",
+        f"--dataset.reset_time_s={reset_time_s}",
+        f"--dataset.num_episodes={num_episodes}",
+        f"--dataset.single_task={task}",
+        "--dataset.push_to_hub=false",
+        "--dataset.no_stamp=true",
+        "--display_data=false",
+        "--play_sounds=false",
+    ]
+
+
 def obstacle_sim_args(
     fps: int, episode_time_s: float, reset_time_s: float, calibration_dir: Path, report_path: Path | None = None
 ) -> list[str]:
