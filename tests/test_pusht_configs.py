@@ -4,8 +4,10 @@ share the dataset, env, observation history and chunking, so the comparison is a
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
+import pytest
 from lerobot.configs.train import TrainPipelineConfig
 from lerobot.envs.configs import PushtEnv
 from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
@@ -42,15 +44,21 @@ def test_teacher_and_diffusion_configs_parse_and_agree(tmp_path: Path, monkeypat
     }
 
 
-def test_student_config_points_at_the_teacher_it_is_distilled_from(tmp_path: Path) -> None:
-    teacher_json, student_json = (json.loads((CONFIGS / f"{n}.json").read_text()) for n in ("teacher", "student"))
-    assert student_json["policy"]["teacher_path"] == f"{teacher_json['output_dir']}/checkpoints/last/pretrained_model"
+@pytest.mark.parametrize(("teacher", "student"), [("teacher", "student"), ("teacher_unet", "student_unet")])
+def test_student_config_points_at_the_teacher_it_is_distilled_from(tmp_path: Path, teacher: str, student: str) -> None:
+    teacher_json, student_json = (json.loads((CONFIGS / f"{n}.json").read_text()) for n in (teacher, student))
+    teacher_dir = teacher_json["output_dir"]
+    assert student_json["policy"]["teacher_path"] == f"{teacher_dir}/checkpoints/last/pretrained_model"
+    assert Path(student_json["policy"]["teacher_cache_path"]).parent == Path(teacher_dir)
     assert student_json["dataset"] == teacher_json["dataset"] and student_json["env"] == teacher_json["env"]
 
     # The student reads its teacher's config when parsed: a stand-in teacher with a distinct horizon.
     network = NetworkConfig(**teacher_json["policy"]["network"])
     stand_in = FlowstepTeacherConfig(horizon=12, n_action_steps=4, network=network)
     stand_in._save_pretrained(tmp_path)
-    cfg = TrainPipelineConfig.from_pretrained(CONFIGS / "student.json", cli_args=[f"--policy.teacher_path={tmp_path}"])
+    cfg = TrainPipelineConfig.from_pretrained(
+        CONFIGS / f"{student}.json", cli_args=[f"--policy.teacher_path={tmp_path}"]
+    )
     assert isinstance(cfg.policy, ImleStudentConfig) and cfg.policy.horizon == 12
-    assert cfg.policy.network.hidden_dim == teacher_json["policy"]["network"]["hidden_dim"]
+    # As JSON, where a tuple and the list it was read from are the same field.
+    assert json.loads(json.dumps(asdict(cfg.policy.network))) == json.loads(json.dumps(asdict(network)))
