@@ -139,8 +139,7 @@ def check_cache_matches_dataset(path: str | Path, meta) -> None:
 def check_perturbed_cache(cache: TeacherCache, observation_noise_std: float, keys: list[str]) -> None:
     """Refuse a perturbed cache that was drawn at another noise than the student is configured with, or that
     offsets other observations than the student's state-like inputs `keys`."""
-    if not cache.offsets:
-        cache.lookup_perturbed(torch.zeros(1, dtype=torch.long))  # raises: not a perturbed cache
+    cache.require_offsets()
     if cache.observation_noise_std != observation_noise_std:
         raise ValueError(
             f"The perturbed cache {cache.path} was drawn with observation_noise_std={cache.observation_noise_std}, "
@@ -466,13 +465,17 @@ class TeacherCache:
     ) -> tuple[Tensor, Tensor, dict[str, Tensor], Tensor]:
         """A perturbed cache's samples with their latents and the observation offsets each was drawn at
         ({key: (B, M, dim)}): (samples, latents, offsets, missing)."""
+        self.require_offsets()
+        return self._lookup_with_latents(index, num)
+
+    def require_offsets(self) -> None:
+        """Refuse a cache drawn at the dataset's own observations where a perturbed one is needed."""
         if not self.offsets:
             raise ValueError(
                 f"The teacher cache {self.path} was drawn at the dataset's own observations (it holds no "
                 "observation offsets): draw a perturbed one with `lerobot-flowstep cache-teacher "
                 "--observation-noise-std <std>`."
             )
-        return self._lookup_with_latents(index, num)
 
     def _lookup_with_latents(self, index: Tensor, num: int | None) -> tuple[Tensor, Tensor, dict[str, Tensor], Tensor]:
         if not self.has_latents:
