@@ -77,8 +77,11 @@ PUBLISHED = {
 }
 
 
-def run_config(method: str, task: str, data: Path, run_dir: Path, args: argparse.Namespace) -> Path:
-    """The method's config file with this run's task, data, sizes and budget; written beside the checkpoint."""
+def run_config(
+    method: str, task: str, data: Path, run_dir: Path, args: argparse.Namespace, teacher: Path | None = None
+) -> Path:
+    """The method's config file with this run's task, data, sizes and budget; written beside the checkpoint. A
+    student distils `teacher` (default: the last checkpoint of its teacher in this task's folder)."""
     cfg = json.loads((CONFIGS / f"{method}.json").read_text())
     slug = task.removesuffix("-v3").replace("-", "_")
     cfg["dataset"] = {"repo_id": f"local/metaworld_{slug}", "root": str(data)}
@@ -100,7 +103,7 @@ def run_config(method: str, task: str, data: Path, run_dir: Path, args: argparse
         policy["encoder"]["vision_backbone"] = args.vision_backbone
         policy["network"]["type"] = args.network
     else:  # the student inherits encoder and network from its teacher, and learns from its cached samples
-        teacher = last_checkpoint(run_dir.parent / method.replace("student", "teacher") / "train")
+        teacher = teacher or last_checkpoint(run_dir.parent / method.replace("student", "teacher") / "train")
         policy["teacher_path"] = str(teacher)
         policy["teacher_cache_path"] = str(
             teacher_cache(teacher, cfg["dataset"], run_dir / "teacher_samples.safetensors", args)

@@ -31,3 +31,25 @@ def test_a_checkpoint_trained_at_another_budget_is_not_reused(tmp_path):
     args.steps = 6000
     checkpoint = benchmark.train("teacher_pc", "button-press-v3", tmp_path / "data", run_dir.parent, args)
     assert checkpoint == run_dir / "train" / "checkpoints" / "last" / "pretrained_model"
+
+
+def test_a_student_distils_the_teacher_checkpoint_it_is_given(tmp_path, monkeypatch):
+    """metaworld_distil.py distils a teacher checkpoint kept part-way through its training: the student's config
+    names that checkpoint, not the run's last one."""
+    benchmark = _benchmark()
+    task_dir = tmp_path / "button-press-v3"
+    last = task_dir / "teacher_pc" / "train" / "checkpoints" / "last" / "pretrained_model"
+    kept = benchmark.intermediate_checkpoint(task_dir / "teacher_pc", 6000)
+    for folder in (last, kept):
+        folder.mkdir(parents=True)
+    monkeypatch.setattr(benchmark, "teacher_cache", lambda teacher, dataset, path, args: path)
+    args = argparse.Namespace(
+        steps=1500, batch_size=32, image_size=64, device="cpu", num_workers=0, vision_backbone="conv", network="mlp"
+    )
+
+    def teacher_of(run_dir: Path, **kwargs) -> str:
+        config = benchmark.run_config("student_pc", "button-press-v3", task_dir / "data", run_dir, args, **kwargs)
+        return json.loads(config.read_text())["policy"]["teacher_path"]
+
+    assert teacher_of(task_dir / "student_pc") == str(last)
+    assert teacher_of(task_dir / "from_teacher_step6000" / "student_pc", teacher=kept) == str(kept)
