@@ -57,6 +57,8 @@ def main() -> None:
     try:
         student = last_checkpoint(student_dir / "train")
     except FileNotFoundError:
+        student = None  # trained below, outside this handler: its errors are not chained to this one
+    if student is None:
         # The benchmark's student config, fields as the benchmark fills them (`run_config` reads these).
         settings = argparse.Namespace(
             steps=args.steps, batch_size=args.batch_size, image_size=args.image_size, device=args.device,
