@@ -239,6 +239,27 @@ def chunk_latency_ms(checkpoint: Path, overrides: list[str], data: Path, task: s
     return stats
 
 
+def curve_rows(rows: list[str]) -> list[str]:
+    """The rows whose trainings keep curve checkpoints: the teachers at their own step count."""
+    return [r for r in rows if ROWS[r][0].startswith("teacher") and not ROWS[r][1]]
+
+
+def evaluate_curve(row: str, task: str, task_dir: Path, args: argparse.Namespace) -> dict[int, float]:
+    """Success on the first seed's episodes of each curve checkpoint saved so far (step -> rate)."""
+    points = {}
+    for step in range(args.curve_every, args.steps, args.curve_every):
+        checkpoint = intermediate_checkpoint(task_dir / ROWS[row][0], step)
+        if checkpoint.is_dir():
+            wins = evaluate(f"{row} at step {step}", checkpoint, [], task, task_dir, args, seeds=1)
+            points[step] = sum(wins) / len(wins)
+    return points
+
+
+def curve_line(row: str, task: str, points: dict[int, float]) -> str:
+    cells = ", ".join(f"{step}: {rate:.0%}" for step, rate in sorted(points.items())) or "no checkpoint saved yet"
+    return f"{row}, `{task}`, success on the first seed by training step: {cells}"
+
+
 def summarize(results: dict[str, dict[str, list[bool]]], latency: dict[str, float]) -> dict[str, dict]:
     """Per row: success per task with its Wilson interval, the task average, and per difficulty group."""
     summary = {}
@@ -354,9 +375,23 @@ def main() -> None:
         default="results",
         help="file name (no suffix) of the table, JSON and figure: runs over other tasks or rows keep their own",
     )
+    parser.add_argument(
+        "--curve-now",
+        action="store_true",
+        help="only evaluate the curve checkpoints saved so far, into the folders the run reads (so it will not "
+        "evaluate them again), while the same command trains on in another process",
+    )
     args = parser.parse_args()
     if (args.resume_every or args.curve_every) and args.trainer != "memory":
         parser.error("--resume-every and --curve-every need --trainer memory (lerobot-train has its own --resume).")
+    if args.curve_now and not args.curve_every:
+        parser.error("--curve-now needs --curve-every (the checkpoints' spacing).")
+    if args.curve_now:
+        for task in (metaworld_task(t).name for t in args.tasks):
+            for row in curve_rows(args.rows):
+                points = evaluate_curve(row, task, args.output / task, args)
+                print(curve_line(row, task, points))
+        return
 
     args.output.mkdir(parents=True, exist_ok=True)
     evaluated = {ROWS[row][0] for row in args.rows}
@@ -389,13 +424,8 @@ def main() -> None:
             )
             latency.setdefault(row, stats["median_ms"])
         if args.curve_every:
-            for row in (r for r in args.rows if ROWS[r][0].startswith("teacher") and not ROWS[r][1]):
-                run_dir = task_dir / ROWS[row][0]
-                for step in range(args.curve_every, args.steps, args.curve_every):
-                    checkpoint = intermediate_checkpoint(run_dir, step)
-                    if checkpoint.is_dir():
-                        wins = evaluate(f"{row} at step {step}", checkpoint, [], task, task_dir, args, seeds=1)
-                        curve.setdefault(row, {}).setdefault(task, {})[step] = sum(wins) / len(wins)
+            for row in curve_rows(args.rows):
+                curve.setdefault(row, {})[task] = evaluate_curve(row, task, task_dir, args)
                 last = results[row][task][: args.eval_episodes]  # the first seed's episodes, as the curve's
                 curve.setdefault(row, {}).setdefault(task, {})[args.steps] = sum(last) / len(last)
     summary = summarize(results, latency)
@@ -410,8 +440,7 @@ def main() -> None:
     table = markdown(summary, [metaworld_task(t).name for t in args.tasks])
     for row, per_task in curve.items():
         for task, points in per_task.items():
-            cells = ", ".join(f"{step}: {rate:.0%}" for step, rate in sorted(points.items()))
-            table += f"\n{row}, `{task}`, success on the first seed by training step: {cells}\n"
+            table += f"\n{curve_line(row, task, points)}\n"
     write_text_atomic(args.output / f"{args.report}.json", json.dumps(report, indent=2))
     write_text_atomic(args.output / f"{args.report}.md", table)
     plot(summary, args.output / f"{args.report}.png")

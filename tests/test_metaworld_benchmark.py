@@ -53,3 +53,34 @@ def test_a_student_distils_the_teacher_checkpoint_it_is_given(tmp_path, monkeypa
 
     assert teacher_of(task_dir / "student_pc") == str(last)
     assert teacher_of(task_dir / "from_teacher_step6000" / "student_pc", teacher=kept) == str(kept)
+
+
+def test_curve_now_evaluates_the_checkpoints_saved_so_far_and_trains_nothing(tmp_path, monkeypatch, capsys):
+    """While a long teacher trains, `--curve-now` evaluates its curve checkpoints in another process, into the
+    folders the training run reads when it ends."""
+    benchmark = _benchmark()
+    task_dir = tmp_path / "drawer-open-v3"
+    benchmark.intermediate_checkpoint(task_dir / "teacher_pc", 3000).mkdir(parents=True)
+    benchmark.intermediate_checkpoint(task_dir / "teacher_pc", 6000).mkdir(parents=True)
+    evaluated = []
+
+    def evaluate(row, checkpoint, overrides, task, task_dir_, args, seeds=None):
+        evaluated.append((row, checkpoint, task_dir_, seeds))
+        return [True, True, False, True] if "3000" in row else [True, False, False, False]
+
+    def train(*args, **kwargs):
+        raise AssertionError("--curve-now must not train")
+
+    monkeypatch.setattr(benchmark, "evaluate", evaluate)
+    monkeypatch.setattr(benchmark, "train", train)
+    argv = ["--tasks", "drawer-open-v3", "--output", str(tmp_path), "--steps", "24000", "--trainer", "memory",
+            "--curve-every", "3000", "--rows", "teacher (pc + state)", "--curve-now"]  # fmt: skip
+    monkeypatch.setattr("sys.argv", ["metaworld_benchmark.py", *argv])
+    benchmark.main()
+    assert [(row, seeds) for row, _, _, seeds in evaluated] == [
+        ("teacher (pc + state) at step 3000", 1),
+        ("teacher (pc + state) at step 6000", 1),
+    ]
+    assert all(folder == task_dir for _, _, folder, _ in evaluated)
+    assert "3000: 75%, 6000: 25%" in capsys.readouterr().out
+    assert not (tmp_path / "results.json").exists()
