@@ -50,6 +50,10 @@ def test_student_config_points_at_the_teacher_it_is_distilled_from(tmp_path: Pat
     teacher_dir = teacher_json["output_dir"]
     assert student_json["policy"]["teacher_path"] == f"{teacher_dir}/checkpoints/last/pretrained_model"
     assert Path(student_json["policy"]["teacher_cache_path"]).parent == Path(teacher_dir)
+    if "perturbed_cache_path" in student_json["policy"]:  # drawn from the same teacher, at the student's noise
+        assert Path(student_json["policy"]["perturbed_cache_path"]).parent == Path(teacher_dir)
+        noise = student_json["policy"]["observation_noise_std"]
+        assert f"perturbed{noise:g}x" in Path(student_json["policy"]["perturbed_cache_path"]).name
     assert student_json["dataset"] == teacher_json["dataset"] and student_json["env"] == teacher_json["env"]
 
     # The student reads its teacher's config when parsed: a stand-in teacher with a distinct horizon.
