@@ -12,7 +12,8 @@ Per task:
    the teachers' own training budget); chunk latency at batch 1 on a dataset frame.
 4. With `--curve-every k` (in-memory trainer), each teacher also keeps a checkpoint every k steps, and each is
    evaluated on the first seed's episodes: the teacher's success against its budget, which says where a teacher
-   gets to a given success instead of guessing it.
+   gets to a given success instead of guessing it. `--curve-now`, with the same options, evaluates the checkpoints
+   saved so far while the training runs on in another process.
 
 Every stage skips work whose output exists (datasets, checkpoints, `eval_info.json`, latency files), so an
 interrupted run resumes where it stopped; with `--resume-every`, an in-memory training resumes from its last
