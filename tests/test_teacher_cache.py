@@ -214,6 +214,30 @@ def test_a_killed_cache_job_resumes_on_two_processes_to_the_uninterrupted_result
     assert not job.exists()
 
 
+def test_a_process_whose_job_another_finished_and_assembled_returns_the_cache(teacher, datasets, tmp_path, monkeypatch):
+    """Two processes on one job: when one draws the last shards and assembles the cache (which removes the shard
+    folder) while the other still has shards on its list, the other returns the cache instead of failing on the
+    vanished folder's lock files (it did, in a CI run of the two-process test above)."""
+    import lerobot_flowstep.tools.cache_teacher as cache_teacher
+
+    settings = SETTINGS | {"shard_size": 16, "resume": True}
+    args = (str(teacher), REPO_ID, datasets["a"])
+    reference = TeacherCache(build_teacher_cache(*args, tmp_path / "reference.safetensors", **settings))
+    output = tmp_path / "shared.safetensors"
+    original, claims = cache_teacher._claim, []
+
+    def claim_after_the_other_process_finished(path, wait):
+        claims.append(path.name)
+        if len(claims) == 1:  # this process's first claim: the other process draws the whole job meanwhile
+            build_teacher_cache(*args, output, **settings)
+            assert output.exists() and not shard_dir(output).exists()
+        return original(path, wait)
+
+    monkeypatch.setattr(cache_teacher, "_claim", claim_after_the_other_process_finished)
+    assert build_teacher_cache(*args, output, **settings) == output
+    assert torch.equal(TeacherCache(output).samples, reference.samples)
+
+
 def test_an_interrupted_perturbed_cache_job_resumes_to_the_uninterrupted_result(teacher, datasets, tmp_path):
     """A perturbed cache is drawn by shards like any other: interrupted after its first shard and resumed, it
     holds what one uninterrupted job draws, offsets included, and records its noise."""

@@ -139,8 +139,13 @@ def _metadata(
 @contextlib.contextmanager
 def _claim(path: Path, wait: bool) -> Iterator[bool]:
     """Hold an exclusive lock on `path` for the body; yields whether it was obtained (with `wait`, always,
-    once the holder lets go or dies)."""
-    fd = os.open(path, os.O_CREAT | os.O_RDWR)
+    once the holder lets go or dies). Not obtained either when `path`'s folder is gone: another process drew
+    the last shards and assembled the cache, which removes the shard folder (the assembly step checks that)."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR)
+    except FileNotFoundError:
+        yield False
+        return
     try:
         if fcntl is not None:
             try:
@@ -224,13 +229,9 @@ def draw_cache(
     if drawn:
         cost = (time.perf_counter() - started) / drawn
         print(f"Drew {drawn} frames at {cost * 1e3:.1f} ms per frame ({num_samples} samples x {num_steps} {solver}).")
-    try:
-        with _claim(directory / "assemble.lock", wait=True):
-            if not output.exists():
-                assemble_shards(directory, num_shards, output, metadata)
-    except FileNotFoundError:
-        if not output.exists():  # else another process assembled it and removed the shard folder
-            raise
+    with _claim(directory / "assemble.lock", wait=True):
+        if not output.exists():  # else another process assembled it (and removed the shard folder)
+            assemble_shards(directory, num_shards, output, metadata)
     return output
 
 
